@@ -1,0 +1,38 @@
+"""nox sessions: tests, lint, typecheck, bench.
+
+`nox -s tests lint typecheck` is the project's test command (README, .ci/run).
+"""
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "lint", "typecheck"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole pytest suite: unit, behaviour and interop tests."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the library."""
+    session.install("-e", ".[test]", "mypy")
+    session.run("mypy", "--strict", "trivmc")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks, printed as ratios measured in one run."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
