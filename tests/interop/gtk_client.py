@@ -1,0 +1,309 @@
+#!/usr/bin/python3
+"""Drive the real spice-gtk client (SpiceClientGLib via python3-gi) for interop tests.
+
+Run with Debian's ``/usr/bin/python3`` (a virtualenv has no ``gi``). Every scenario
+prints exactly one JSON object on its last stdout line and exits 0 when it ran to its
+end (the JSON says what was seen; the pytest side asserts on it), 2 on a timeout.
+
+Scenarios:
+  port-echo URI NAME NBYTES      link main + port NAME, send NBYTES random bytes,
+                                 read them back, compare digests.
+  port-echo2 URI NAME NBYTES     as port-echo, then link a second channel object on the
+                                 same port: report how it ends; then echo again.
+  auth URI                       link main only; report whether it linked or which
+                                 error event it saw (use --password).
+  usbredir URI                   link main + usbredir 0; report channel state and caps.
+  usbredir-cd URI ISO            redirect an emulated USB CD built from ISO; print a
+                                 JSON line "connected" then wait for a "disconnect" line
+                                 on stdin, disconnect, print "disconnected", exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import gi
+
+gi.require_version("SpiceClientGLib", "2.0")
+from gi.repository import GLib, GObject, SpiceClientGLib  # noqa: E402
+
+CHUNK = 64 * 1024
+LZ4_CAP = 0  # SPICE_SPICEVMC_CAP_DATA_COMPRESS_LZ4
+
+
+def out(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class Runner:
+    def __init__(self, uri: str, password: str | None, timeout: float, usbredir: bool) -> None:
+        self.loop = GLib.MainLoop()
+        self.result: dict[str, Any] = {"events": []}
+        self.session = SpiceClientGLib.Session()
+        self.session.set_property("uri", uri)
+        if password is not None:
+            self.session.set_property("password", password)
+        self.session.set_property("enable-usbredir", usbredir)
+        self.timed_out = False
+        GLib.timeout_add(int(timeout * 1000), self._timeout)
+        self.main: Any = None
+
+    def _timeout(self) -> bool:
+        self.timed_out = True
+        self.result["timeout"] = True
+        self.loop.quit()
+        return False
+
+    def finish(self) -> None:
+        self.loop.quit()
+
+    def run(self) -> int:
+        self.session.connect()
+        self.loop.run()
+        try:
+            self.session.disconnect()
+        except Exception:
+            pass
+        out(self.result)
+        return 2 if self.timed_out else 0
+
+    def event_name(self, event: Any) -> str:
+        return str(event.value_nick)
+
+
+def scenario_port_echo(args: argparse.Namespace, second: bool) -> int:
+    r = Runner(args.uri, args.password, args.timeout, usbredir=False)
+    payload = os.urandom(args.nbytes)
+    r.result["sent_sha256"] = hashlib.sha256(payload).hexdigest()
+    received = bytearray()
+    state: dict[str, Any] = {"port": None, "sent": 0, "t0": 0.0, "second": None, "round": 1}
+    keep: list[bytes] = []  # write_async keeps using the caller's buffer: keep it alive
+
+    def send_next(port: Any) -> None:
+        off = state["sent"]
+        if off >= len(payload):
+            return
+        chunk = payload[off : off + CHUNK]
+        state["sent"] = off + len(chunk)
+        keep.append(chunk)
+        port.write_async(chunk, None, on_written, chunk)
+
+    def on_written(port: Any, res: Any, chunk: bytes) -> None:
+        port.write_finish(res)
+        keep.remove(chunk)
+        send_next(port)
+
+    def start_echo(port: Any) -> None:
+        received.clear()
+        state["sent"] = 0
+        state["t0"] = time.monotonic()
+        send_next(port)
+
+    def on_data(port: Any, ptr: int, size: int) -> None:
+        received.extend(ctypes.string_at(ptr, size))
+        if len(received) >= len(payload):
+            secs = time.monotonic() - state["t0"]
+            key = "recv_sha256" if state["round"] == 1 else "recv2_sha256"
+            r.result[key] = hashlib.sha256(bytes(received[: len(payload)])).hexdigest()
+            r.result["seconds" if state["round"] == 1 else "seconds2"] = secs
+            if second and state["round"] == 1:
+                open_second()
+            else:
+                r.finish()
+
+    def open_second() -> None:
+        ch = SpiceClientGLib.Channel.new(r.session, 10, 0)
+        state["second"] = ch
+        r.result["second_events"] = []
+
+        def on_ev(c: Any, ev: Any) -> None:
+            r.result["second_events"].append(r.event_name(ev))
+            if ev in (
+                SpiceClientGLib.ChannelEvent.CLOSED,
+                SpiceClientGLib.ChannelEvent.ERROR_IO,
+                SpiceClientGLib.ChannelEvent.ERROR_LINK,
+            ):
+                state["round"] = 2
+                start_echo(state["port"])
+
+        GObject.Object.connect(ch, "channel-event", on_ev)
+        ch.connect()
+
+    def on_opened(port: Any, _pspec: Any) -> None:
+        opened = bool(port.get_property("port-opened"))
+        r.result.setdefault("opened_history", []).append(opened)
+        if opened and not r.result.get("started"):
+            r.result["started"] = True
+            r.result["port_name"] = port.get_property("port-name")
+            start_echo(port)
+
+    def on_port_event(port: Any, event: int) -> None:
+        r.result.setdefault("port_events", []).append(int(event))
+
+    def on_channel_new(_s: Any, ch: Any) -> None:
+        if isinstance(ch, SpiceClientGLib.MainChannel):
+            r.main = ch
+            GObject.Object.connect(
+                ch, "channel-event", lambda c, ev: r.result["events"].append(r.event_name(ev))
+            )
+        elif isinstance(ch, SpiceClientGLib.PortChannel) and state["port"] is None:
+            state["port"] = ch
+            GObject.Object.connect(ch, "notify::port-opened", on_opened)
+            GObject.Object.connect(ch, "port-data", on_data)
+            GObject.Object.connect(ch, "port-event", on_port_event)
+            GObject.Object.connect(
+                ch,
+                "channel-event",
+                lambda c, ev: r.result.setdefault("port_channel_events", []).append(
+                    r.event_name(ev)
+                ),
+            )
+            ch.connect()
+
+    GObject.Object.connect(r.session, "channel-new", on_channel_new)
+    return r.run()
+
+
+def scenario_auth(args: argparse.Namespace) -> int:
+    r = Runner(args.uri, args.password, args.timeout, usbredir=False)
+
+    def on_ev(_c: Any, ev: Any) -> None:
+        name = r.event_name(ev)
+        r.result["events"].append(name)
+        if name != "opened" or True:
+            r.result["outcome"] = name
+            r.finish()
+
+    def on_channel_new(_s: Any, ch: Any) -> None:
+        if isinstance(ch, SpiceClientGLib.MainChannel):
+            GObject.Object.connect(ch, "channel-event", on_ev)
+
+    GObject.Object.connect(r.session, "channel-new", on_channel_new)
+    return r.run()
+
+
+def scenario_usbredir(args: argparse.Namespace) -> int:
+    r = Runner(args.uri, args.password, args.timeout, usbredir=True)
+
+    def on_channel_new(_s: Any, ch: Any) -> None:
+        if isinstance(ch, SpiceClientGLib.UsbredirChannel):
+
+            def on_ev(c: Any, ev: Any) -> None:
+                name = r.event_name(ev)
+                r.result["events"].append(name)
+                if name == "opened":
+                    r.result["server_lz4"] = bool(c.test_capability(LZ4_CAP))
+                    r.result["channel_id"] = int(c.get_property("channel-id"))
+                    r.finish()
+                elif name != "none":
+                    r.finish()
+
+            GObject.Object.connect(ch, "channel-event", on_ev)
+            ch.connect()
+
+    GObject.Object.connect(r.session, "channel-new", on_channel_new)
+    return r.run()
+
+
+def scenario_usbredir_cd(args: argparse.Namespace) -> int:
+    r = Runner(args.uri, args.password, args.timeout, usbredir=True)
+    state: dict[str, Any] = {"mgr": None, "dev": None, "t0": 0.0}
+
+    def on_disconnected(mgr: Any, res: Any, _data: Any) -> None:
+        try:
+            mgr.disconnect_device_finish(res)
+            out({"event": "disconnected"})
+        except GLib.Error as e:
+            out({"event": "disconnect-error", "message": e.message})
+        r.result["disconnected"] = True
+        r.finish()
+
+    def on_stdin(_fd: Any, _cond: Any) -> bool:
+        line = sys.stdin.readline()
+        if not line or line.strip() == "disconnect":
+            state["mgr"].disconnect_device_async(state["dev"], None, on_disconnected, None)
+            return False
+        return True
+
+    def on_connected(mgr: Any, res: Any, _data: Any) -> None:
+        try:
+            ok = mgr.connect_device_finish(res)
+        except GLib.Error as e:
+            r.result["connect_error"] = e.message
+            out({"event": "connect-error", "message": e.message})
+            r.finish()
+            return
+        secs = time.monotonic() - state["t0"]
+        r.result["connected"] = bool(ok)
+        r.result["connect_seconds"] = secs
+        out({"event": "connected", "ok": bool(ok), "seconds": secs})
+        GLib.io_add_watch(sys.stdin.fileno(), GLib.IO_IN | GLib.IO_HUP, on_stdin)
+
+    def on_device_added(mgr: Any, dev: Any) -> None:
+        if state["dev"] is not None or not mgr.is_device_shared_cd(dev):
+            return
+        state["dev"] = dev
+        out({"event": "device-added", "description": dev.get_description("%s %s")})
+
+    def on_usbredir_event(c: Any, ev: Any) -> None:
+        name = r.event_name(ev)
+        r.result["events"].append(name)
+        if name == "opened" and state["dev"] is not None and not state["t0"]:
+            state["t0"] = time.monotonic()
+            state["mgr"].connect_device_async(state["dev"], None, on_connected, None)
+        elif name not in ("opened", "none"):
+            r.finish()
+
+    def on_channel_new(_s: Any, ch: Any) -> None:
+        if isinstance(ch, SpiceClientGLib.UsbredirChannel):
+            GObject.Object.connect(ch, "channel-event", on_usbredir_event)
+
+    GObject.Object.connect(r.session, "channel-new", on_channel_new)
+    mgr = SpiceClientGLib.UsbDeviceManager.get(r.session)
+    state["mgr"] = mgr
+    GObject.Object.connect(mgr, "device-added", on_device_added)
+    ok = mgr.create_shared_cd_device(args.iso)
+    if not ok:
+        out({"event": "no-shared-cd"})
+    return r.run()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--password", default=None)
+    p.add_argument("--timeout", type=float, default=60.0)
+    sub = p.add_subparsers(dest="scenario", required=True)
+    for name in ("port-echo", "port-echo2"):
+        s = sub.add_parser(name)
+        s.add_argument("uri")
+        s.add_argument("name")
+        s.add_argument("nbytes", type=int)
+    s = sub.add_parser("auth")
+    s.add_argument("uri")
+    s = sub.add_parser("usbredir")
+    s.add_argument("uri")
+    s = sub.add_parser("usbredir-cd")
+    s.add_argument("uri")
+    s.add_argument("iso")
+    args = p.parse_args()
+    if args.scenario == "port-echo":
+        return scenario_port_echo(args, second=False)
+    if args.scenario == "port-echo2":
+        return scenario_port_echo(args, second=True)
+    if args.scenario == "auth":
+        return scenario_auth(args)
+    if args.scenario == "usbredir":
+        return scenario_usbredir(args)
+    return scenario_usbredir_cd(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""Helpers for interop tests: real spice-gtk, real QEMU, QMP.
+
+A missing tool skips the test, unless ``TRIVMC_REQUIRE_INTEROP=1`` (CI sets it): then it
+is a failure. Every process started here is killed and reaped by the context manager
+that started it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+HERE = Path(__file__).resolve().parent
+GTK_CLIENT = HERE / "gtk_client.py"
+SYSTEM_PYTHON = "/usr/bin/python3"
+QEMU = "qemu-system-x86_64"
+
+
+def interop_required() -> bool:
+    return os.environ.get("TRIVMC_REQUIRE_INTEROP", "") not in ("", "0")
+
+
+def missing(what: str) -> None:
+    """Skip, or fail when interop tests are required."""
+    msg = f"interop tool missing: {what}"
+    if interop_required():
+        pytest.fail(msg + " (TRIVMC_REQUIRE_INTEROP is set)")
+    pytest.skip(msg)
+
+
+@functools.cache
+def _gtk_ok() -> bool:
+    if not os.path.exists(SYSTEM_PYTHON):
+        return False
+    probe = "import gi; gi.require_version('SpiceClientGLib', '2.0'); from gi.repository import SpiceClientGLib"
+    r = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, timeout=60)
+    return r.returncode == 0
+
+
+def require_gtk() -> None:
+    if not _gtk_ok():
+        missing("spice-gtk (gir1.2-spiceclientglib-2.0 + python3-gi for /usr/bin/python3)")
+
+
+def require_qemu() -> None:
+    if shutil.which(QEMU) is None:
+        missing(QEMU + " (Debian qemu-system-x86)")
+
+
+def require_genisoimage() -> None:
+    if shutil.which("genisoimage") is None:
+        missing("genisoimage")
+
+
+async def run_gtk(
+    *args: str, timeout: float = 60.0, password: str | None = None
+) -> dict[str, Any]:
+    """Run one gtk_client.py scenario to its end; return its final JSON object."""
+    require_gtk()
+    cmd = [SYSTEM_PYTHON, str(GTK_CLIENT), "--timeout", str(timeout)]
+    if password is not None:
+        cmd += ["--password", password]
+    cmd += list(args)
+    with trio.fail_after(timeout + 30):
+        proc = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+    lines = [ln for ln in proc.stdout.decode().splitlines() if ln.startswith("{")]
+    assert lines, f"gtk client printed nothing; stderr:\n{proc.stderr.decode()[-3000:]}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    result["_returncode"] = proc.returncode
+    result["_stderr"] = proc.stderr.decode()[-3000:]
+    return result
+
+
+@asynccontextmanager
+async def gtk_process(*args: str, timeout: float = 60.0) -> AsyncIterator[trio.Process]:
+    """Start a long-running gtk_client.py scenario with pipes; kill it on exit."""
+    require_gtk()
+    cmd = [SYSTEM_PYTHON, str(GTK_CLIENT), "--timeout", str(timeout), *args]
+    async with trio.open_nursery() as nursery:
+        proc: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        )
+        try:
+            yield proc
+        finally:
+            proc.kill()
+
+
+class LineReader:
+    """Read newline-terminated lines from a trio receive stream."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buf = bytearray()
+
+    async def readline(self) -> bytes:
+        while b"\n" not in self._buf:
+            data = await self._stream.receive_some(65536)
+            if not data:
+                raise EOFError("stream closed before a full line")
+            self._buf += data
+        i = self._buf.index(b"\n") + 1
+        line = bytes(self._buf[:i])
+        del self._buf[:i]
+        return line
+
+
+class Qmp:
+    """A minimal QMP client over a connected trio stream."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.reader = LineReader(stream)
+        self.greeting: dict[str, Any] = {}
+
+    async def handshake(self) -> None:
+        self.greeting = json.loads(await self.reader.readline())
+        await self.command("qmp_capabilities")
+
+    async def command(self, name: str, **arguments: Any) -> Any:
+        msg: dict[str, Any] = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        await self.stream.send_all(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = json.loads(await self.reader.readline())
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                raise RuntimeError(f"QMP error: {reply['error']}")
+
+    async def hmp(self, line: str) -> str:
+        return str(await self.command("human-monitor-command", **{"command-line": line}))
+
+
+def listening_socket(family: int = socket.AF_INET) -> socket.socket:
+    """A loopback listening socket (port chosen by the kernel) to hand to QEMU."""
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(4)
+    return s
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for programs that take no fd)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def qemu(extra_args: Sequence[str], pass_fds: Sequence[int] = ()) -> AsyncIterator[Qmp]:
+    """Start QEMU with a QMP monitor on a pre-bound unix socket; yield a ready Qmp.
+
+    The QMP greeting arrives after machine init, so every listener QEMU opens (its
+    SPICE port, socket chardevs) is up once this yields. QEMU is killed on exit.
+    """
+    require_qemu()
+    with tempfile.TemporaryDirectory(prefix="trivmc-qemu-") as tmp:
+        path = os.path.join(tmp, "qmp.sock")
+        qsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        qsock.bind(path)
+        qsock.listen(1)
+        cmd = [
+            QEMU,
+            "-nodefaults",
+            "-display",
+            "none",
+            "-chardev",
+            f"socket,id=qmpmon,fd={qsock.fileno()},server=on,wait=off",
+            "-mon",
+            "chardev=qmpmon,mode=control",
+            *extra_args,
+        ]
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    cmd,
+                    pass_fds=(qsock.fileno(), *pass_fds),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                )
+            )
+            qsock.close()
+            try:
+                with trio.fail_after(30):
+                    stream = await trio.open_unix_socket(path)
+                    qmp = Qmp(stream)
+                    await qmp.handshake()
+                yield qmp
+                await stream.aclose()
+            finally:
+                proc.kill()
+
+
+def make_iso(directory: str) -> str:
+    """A small ISO 9660 image for spice-gtk's emulated USB CD."""
+    require_genisoimage()
+    src = os.path.join(directory, "iso-src")
+    os.makedirs(src, exist_ok=True)
+    with open(os.path.join(src, "README.TXT"), "w") as f:
+        f.write("trivmc usbredir test medium\n")
+    iso = os.path.join(directory, "small.iso")
+    subprocess.run(["genisoimage", "-quiet", "-o", iso, src], check=True, timeout=60)
+    return iso
