@@ -21,6 +21,7 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -68,10 +69,8 @@ class Runner:
     def run(self) -> int:
         self.session.connect()
         self.loop.run()
-        try:
+        with contextlib.suppress(Exception):
             self.session.disconnect()
-        except Exception:
-            pass
         out(self.result)
         return 2 if self.timed_out else 0
 
@@ -178,9 +177,8 @@ def scenario_auth(args: argparse.Namespace) -> int:
     def on_ev(_c: Any, ev: Any) -> None:
         name = r.event_name(ev)
         r.result["events"].append(name)
-        if name != "opened" or True:
-            r.result["outcome"] = name
-            r.finish()
+        r.result["outcome"] = name
+        r.finish()
 
     def on_channel_new(_s: Any, ch: Any) -> None:
         if isinstance(ch, SpiceClientGLib.MainChannel):

@@ -44,7 +44,10 @@ def missing(what: str) -> None:
 def _gtk_ok() -> bool:
     if not os.path.exists(SYSTEM_PYTHON):
         return False
-    probe = "import gi; gi.require_version('SpiceClientGLib', '2.0'); from gi.repository import SpiceClientGLib"
+    probe = (
+        "import gi; gi.require_version('SpiceClientGLib', '2.0'); "
+        "from gi.repository import SpiceClientGLib"
+    )
     r = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, timeout=60)
     return r.returncode == 0
 
