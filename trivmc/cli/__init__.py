@@ -1,0 +1,40 @@
+"""The `trivmc` command: `trivmc serve ...` and `trivmc connect ...`.
+
+Each subcommand lives in its own module and registers itself with `add_parser(sub)`;
+`main()` dispatches to the chosen subcommand's `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+SUBCOMMANDS = ("serve", "connect")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand attached."""
+    parser = argparse.ArgumentParser(
+        prog="trivmc",
+        description="SPICE usbredir/port/webdav channels on trio: a server and a client.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"trivmc.cli.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `trivmc` console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"trivmc.cli.{args.command}")
+    code: int = module.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
