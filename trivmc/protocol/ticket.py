@@ -1,0 +1,121 @@
+"""The SPICE ticket: RSA-1024 keys (a fresh one per link, from a pool made ahead of
+time), OAEP(SHA-1) encrypt/decrypt of the 128-byte ticket, and the password rules."""
+
+from __future__ import annotations
+
+import hmac
+from collections import deque
+from dataclasses import dataclass
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from .constants import MAX_PASSWORD_LENGTH, PUBKEY_SIZE, TICKET_SIZE, LinkError
+from .errors import LinkProtocolError
+
+_OAEP = padding.OAEP(
+    mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkKey:
+    """One link's RSA key: the private half and the 162-byte DER public key."""
+
+    private: rsa.RSAPrivateKey
+    public_der: bytes
+
+
+def generate_key() -> LinkKey:
+    """A fresh RSA-1024 key (e = 65537); costs milliseconds: keep it off the link path."""
+    private = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    der = private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert len(der) == PUBKEY_SIZE
+    return LinkKey(private, der)
+
+
+class KeyPool:
+    """Keys generated ahead of time so no link waits for key generation.
+
+    Each key is handed out once (`take`), never reused. `refill()` tops the pool up to
+    `size`; a trio server runs it in a worker thread after each link.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._keys: deque[LinkKey] = deque()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def take(self) -> LinkKey:
+        """A never-used key: from the pool, or generated now when the pool is empty."""
+        try:
+            return self._keys.popleft()
+        except IndexError:
+            return generate_key()
+
+    def refill(self) -> int:
+        """Generate keys until the pool holds `size`; return how many were added."""
+        added = 0
+        while len(self._keys) < self.size:
+            self._keys.append(generate_key())
+            added += 1
+        return added
+
+
+def check_password(password: str | bytes | None) -> bytes | None:
+    """Validate a server password (at most 60 bytes, no NUL); None disables ticketing."""
+    if password is None:
+        return None
+    raw = password.encode() if isinstance(password, str) else bytes(password)
+    if len(raw) > MAX_PASSWORD_LENGTH:
+        raise ValueError(f"password longer than {MAX_PASSWORD_LENGTH} bytes")
+    if b"\0" in raw:
+        raise ValueError("password contains a NUL byte")
+    return raw
+
+
+def encrypt_ticket(public_der: bytes, password: str | bytes | None) -> bytes:
+    """The client side: RSA-OAEP(SHA-1) of password + NUL under the server's key."""
+    raw = check_password(password) or b""
+    try:
+        key = serialization.load_der_public_key(public_der)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise LinkProtocolError(LinkError.INVALID_DATA, f"bad server public key: {e}") from e
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise LinkProtocolError(LinkError.INVALID_DATA, "server public key is not RSA")
+    return key.encrypt(raw + b"\0", _OAEP)
+
+
+def verify_ticket(
+    key: LinkKey,
+    ticket: bytes,
+    password: bytes | None,
+    *,
+    expiry: float | None = None,
+    now: float | None = None,
+) -> LinkError:
+    """Check an encrypted ticket as spice-server does; return OK or PERMISSION_DENIED.
+
+    Decryption failure denies even with ticketing disabled (`password=None`); ticketing
+    enabled with an empty password always denies; an `expiry` at or before `now` denies;
+    otherwise the bytes before the first NUL are compared in constant time.
+    """
+    if len(ticket) != TICKET_SIZE:
+        return LinkError.PERMISSION_DENIED
+    try:
+        plain = key.private.decrypt(ticket, _OAEP)
+    except ValueError:
+        return LinkError.PERMISSION_DENIED
+    if password is None:
+        return LinkError.OK
+    if not password:
+        return LinkError.PERMISSION_DENIED
+    if expiry is not None and now is not None and now >= expiry:
+        return LinkError.PERMISSION_DENIED
+    given = plain.split(b"\0", 1)[0]
+    return LinkError.OK if hmac.compare_digest(given, password) else LinkError.PERMISSION_DENIED
