@@ -228,3 +228,48 @@ def make_iso(directory: str) -> str:
     iso = os.path.join(directory, "small.iso")
     subprocess.run(["genisoimage", "-quiet", "-o", iso, src], check=True, timeout=60)
     return iso
+
+
+@asynccontextmanager
+async def trivmc_serve(*args: str) -> AsyncIterator[str]:
+    """Run `python -m trivmc serve ARGS` (listening on a kernel-chosen port unless ARGS
+    say otherwise); yield the spice:// URI it announces; stop it on exit."""
+    import re
+    import sys
+
+    cmd = [sys.executable, "-m", "trivmc", "serve", *args]
+    if "--listen" not in args and "--unix" not in args:
+        cmd += ["--listen", "127.0.0.1:0"]
+    async with trio.open_nursery() as nursery:
+        proc: trio.Process = await nursery.start(
+            functools.partial(
+                trio.run_process,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=None,
+                check=False,
+            )
+        )
+        try:
+            assert proc.stdout is not None
+            reader = LineReader(proc.stdout)
+            with trio.fail_after(30):
+                while True:
+                    line = (await reader.readline()).decode()
+                    m = re.search(r"(spice(\+unix)?://\S+)", line)
+                    if m:
+                        break
+            # keep draining stdout so the server never blocks on a full pipe
+            nursery.start_soon(_drain, proc.stdout)
+            yield m.group(1)
+        finally:
+            proc.terminate()
+            with trio.move_on_after(10):
+                await proc.wait()
+            proc.kill()
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some(65536):
+        pass

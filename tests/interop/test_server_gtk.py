@@ -1,0 +1,45 @@
+"""spice-gtk (the real client) against `trivmc serve` (the real command)."""
+
+from __future__ import annotations
+
+from .tools import run_gtk, trivmc_serve
+
+ECHO = "org.trivmc.echo.0"
+EIGHT_MIB = 8 * 1024 * 1024
+
+
+async def test_port_echo_8mib() -> None:
+    async with trivmc_serve("--disable-ticketing", "--port", f"{ECHO}=echo") as uri:
+        r = await run_gtk("port-echo", uri, ECHO, str(EIGHT_MIB))
+    assert r.get("timeout") is None, r
+    assert r["port_name"] == ECHO
+    assert r["opened_history"][0] is True
+    assert r["recv_sha256"] == r["sent_sha256"]
+    print(f"spice-gtk echo through trivmc: {2 * EIGHT_MIB / r['seconds'] / 1e6:.1f} MB/s")
+
+
+async def test_usbredir_links_and_lz4_negotiated() -> None:
+    async with trivmc_serve("--disable-ticketing", "--usbredir", "null") as uri:
+        r = await run_gtk("usbredir", uri)
+    assert r["events"][0] == "opened", r
+    assert r["channel_id"] == 0
+    assert r["server_lz4"] is True  # the server's cap, as spice-gtk sees it
+
+
+async def test_wrong_password_refused_right_one_works() -> None:
+    async with trivmc_serve("--password", "s3cret", "--port", f"{ECHO}=echo") as uri:
+        bad = await run_gtk("auth", uri, password="wrong")
+        good = await run_gtk("auth", uri, password="s3cret")
+        echo = await run_gtk("port-echo", uri, ECHO, "4096", password="s3cret")
+    assert bad["outcome"] == "error-auth", bad
+    assert good["outcome"] == "opened", good
+    assert echo["recv_sha256"] == echo["sent_sha256"]
+
+
+async def test_second_client_on_port_refused_first_keeps_echoing() -> None:
+    async with trivmc_serve("--disable-ticketing", "--port", f"{ECHO}=echo") as uri:
+        r = await run_gtk("port-echo2", uri, ECHO, str(256 * 1024))
+    assert r["recv_sha256"] == r["sent_sha256"]
+    # the newcomer links (result OK) and is closed at once, as with spice-server
+    assert r["second_events"][-1] == "closed", r
+    assert r["recv2_sha256"] == r["sent_sha256"], "the first client stopped echoing"

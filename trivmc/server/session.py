@@ -1,0 +1,80 @@
+"""Sessions: one per main-channel link, identified by a random non-zero connection id."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import trio
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    """A client's session. Cancelling `scope` closes its main and every VMC channel.
+
+    Guarantee: once `close()` ran, `alive` is False and no channel may join it.
+    """
+
+    def __init__(self, connection_id: int) -> None:
+        self.connection_id = connection_id
+        self.scope = trio.CancelScope()
+        self.alive = True
+        self.channel_scopes: set[trio.CancelScope] = set()
+
+    def join(self, scope: trio.CancelScope) -> None:
+        """Tie a channel's cancel scope to this session's lifetime."""
+        if not self.alive:
+            scope.cancel()
+        self.channel_scopes.add(scope)
+
+    def leave(self, scope: trio.CancelScope) -> None:
+        self.channel_scopes.discard(scope)
+
+    def close(self) -> None:
+        """Close the session: its main channel and every channel that joined it."""
+        self.alive = False
+        self.scope.cancel()
+        for scope in self.channel_scopes:
+            scope.cancel()
+        self.channel_scopes.clear()
+
+
+class SessionTable:
+    """Live sessions by connection id.
+
+    Single-session mode (the default, as spice-server): a new main link replaces the
+    older session, whose channels all close. Multi-session mode keeps them all.
+    """
+
+    def __init__(self, multi_session: bool) -> None:
+        self.multi_session = multi_session
+        self._sessions: dict[int, Session] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, connection_id: int) -> Session | None:
+        s = self._sessions.get(connection_id)
+        return s if s is not None and s.alive else None
+
+    def create(self) -> Session:
+        """A new session with a fresh random non-zero u32 id (replacing others unless
+        multi-session)."""
+        if not self.multi_session:
+            for old in list(self._sessions.values()):
+                log.info("session %#010x replaced by a new main link", old.connection_id)
+                self.remove(old)
+        while True:
+            cid = secrets.randbits(32)
+            if cid and cid not in self._sessions:
+                break
+        session = Session(cid)
+        self._sessions[cid] = session
+        return session
+
+    def remove(self, session: Session) -> None:
+        """Close `session` and forget it (idempotent)."""
+        session.close()
+        if self._sessions.get(session.connection_id) is session:
+            del self._sessions[session.connection_id]
