@@ -1,0 +1,81 @@
+"""In-process backends: echo, null, source:N."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ..chardev import ChrEvent, SpiceChardev
+
+log = logging.getLogger(__name__)
+
+SOURCE_CHUNK = 64 * 1024
+PATTERN_PERIOD = 251
+
+
+class _Base:
+    chardev: SpiceChardev | None = None
+    breaks = 0
+
+    def event(self, event: ChrEvent) -> None:
+        if event == ChrEvent.BREAK:
+            self.breaks += 1
+
+    async def run(self, chardev: SpiceChardev) -> None:
+        self.chardev = chardev
+        chardev.set_fe_open(True)
+        await trio.sleep_forever()
+
+
+class NullBackend(_Base):
+    """Discards everything; sends nothing."""
+
+    received = 0
+
+    def can_read(self) -> int:
+        return 1 << 30
+
+    def read(self, data: memoryview) -> None:
+        self.received += len(data)
+
+
+class EchoBackend(_Base):
+    """Returns what it receives, in order; never drops (it stalls the writer instead)."""
+
+    def can_read(self) -> int:
+        return 0 if self.chardev is None else self.chardev.pending_room()
+
+    def read(self, data: memoryview) -> None:
+        assert self.chardev is not None
+        taken = self.chardev.chr_write(data)
+        assert taken == len(data), "can_read() bounds what echo is given"
+
+
+def pattern(offset: int, size: int) -> bytes:
+    """`size` bytes of the pattern byte i = i mod 251, starting at index `offset`."""
+    start = offset % PATTERN_PERIOD
+    reps = (start + size) // PATTERN_PERIOD + 1
+    return (bytes(range(PATTERN_PERIOD)) * reps)[start : start + size]
+
+
+class SourceBackend(NullBackend):
+    """Sends each client that attaches `total` bytes of the i mod 251 pattern."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._block = bytes(range(PATTERN_PERIOD)) * (SOURCE_CHUNK // PATTERN_PERIOD + 2)
+
+    async def run(self, chardev: SpiceChardev) -> None:
+        self.chardev = chardev
+        chardev.set_fe_open(True)
+        while True:
+            await chardev.wait_connected(True)
+            sent = 0
+            while sent < self.total and chardev.connected:
+                size = min(SOURCE_CHUNK, self.total - sent)
+                start = sent % PATTERN_PERIOD
+                await chardev.send(memoryview(self._block)[start : start + size])
+                sent += size
+            log.debug("source: %d bytes sent to this client", sent)
+            await chardev.wait_connected(False)

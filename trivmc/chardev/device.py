@@ -1,0 +1,264 @@
+"""CharDevice: spice-server's RedCharDevice on trio.
+
+Client -> device: `await get_write_buffer(data)` takes a self token (128 for a VMC
+device; it waits when none is free, which stops the caller reading its socket), then
+`write_buffer_add(buf)` queues it on a memory channel; the writer task writes queued
+buffers in order, keeping the unwritten rest of a partial write, and retries when the
+instance signals `wakeup_writable()` or after `RETRY_INTERVAL`.
+
+Device -> client: `wakeup()` makes the reader task read chunks of at most `max_read`
+bytes while a client is attached and the device runs, until the instance has nothing;
+it pauses while the client has `client_queue_limit` bytes or more queued.
+
+Ownership: a WriteBuffer belongs to its filler until `write_buffer_add`, then to the
+queue, then to the writer; each owner releases it on every exit path (cancellation
+included), and `release()` returns the token. Accepted buffers are the device's, not
+the client's: removing a client never drops them; `reset()` does, and returns every
+token.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import trio
+
+from .buffer import WriteBuffer
+from .interface import DeviceClient, DeviceInstance
+
+log = logging.getLogger(__name__)
+
+VMC_TOKENS = 128
+MAX_READ = 64 * 1024 + 32
+CLIENT_QUEUE_LIMIT = 1024 * 1024
+RETRY_INTERVAL = 0.1
+
+
+@dataclass
+class DeviceStats:
+    """Byte counters of one device (the VMC channel updates the compression ones)."""
+
+    in_data: int = 0  # bytes from clients written into the device
+    in_compressed: int = 0  # compressed bytes received from clients
+    in_decompressed: int = 0  # bytes those decompressed to
+    out_data: int = 0  # bytes read from the device for clients
+    out_compressed: int = 0  # bytes sent to clients compressed (wire size)
+    out_uncompressed: int = 0  # bytes sent to clients as plain DATA
+
+
+class _Flag:
+    """A level-triggered wakeup: `set()` is never lost, `wait()` consumes it."""
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._set = True
+        self._event.set()
+
+    def clear(self) -> None:
+        self._set = False
+        if self._event.is_set():
+            self._event = trio.Event()
+
+    @property
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        """Return once set (at once if set already), then clear it."""
+        if not self._set:
+            await self._event.wait()
+        self.clear()
+
+
+class CharDevice:
+    """A char device with its write queue, self tokens, writer and reader tasks."""
+
+    def __init__(
+        self,
+        instance: DeviceInstance,
+        *,
+        tokens: int = VMC_TOKENS,
+        max_read: int = MAX_READ,
+        client_queue_limit: int = CLIENT_QUEUE_LIMIT,
+        retry_interval: float = RETRY_INTERVAL,
+    ) -> None:
+        self.instance = instance
+        self.total_tokens = tokens
+        self.max_read = max_read
+        self.client_queue_limit = client_queue_limit
+        self.retry_interval = retry_interval
+        self.stats = DeviceStats()
+        self.outstanding_buffers = 0  # handed out and not yet released
+        self.write_retries = 0  # writes retried after the timer or a wakeup
+        self._tokens = trio.Semaphore(tokens)
+        self._send, self._recv = trio.open_memory_channel[WriteBuffer](math.inf)
+        self._current: WriteBuffer | None = None
+        self._writable = _Flag()
+        self._readable = _Flag()
+        self._running = True
+        self._running_changed = trio.Event()
+        self._client: DeviceClient | None = None
+        self._reader_scope: trio.CancelScope | None = None
+        self._reset_gen = 0
+
+    # ---- accounting ------------------------------------------------------------
+
+    @property
+    def tokens_free(self) -> int:
+        return self._tokens.value
+
+    @property
+    def queued_buffers(self) -> int:
+        """Buffers in the write queue, the writer's current one included."""
+        return self._send.statistics().current_buffer_used + (self._current is not None)
+
+    @property
+    def idle(self) -> bool:
+        """True when every token is free and no buffer is outstanding."""
+        return self.tokens_free == self.total_tokens and self.outstanding_buffers == 0
+
+    # ---- client -> device ------------------------------------------------------
+
+    def _release_token(self) -> None:
+        self.outstanding_buffers -= 1
+        self._tokens.release()
+
+    async def get_write_buffer(
+        self, data: bytes | bytearray | memoryview, compressed: bool = False
+    ) -> WriteBuffer:
+        """Wait for a free token, then wrap `data` (owned by the caller from now on)."""
+        await self._tokens.acquire()
+        self.outstanding_buffers += 1
+        return WriteBuffer(data, self._release_token, compressed)
+
+    def write_buffer_add(self, buf: WriteBuffer) -> None:
+        """Queue `buf` for the device; the queue owns it from now on (never blocks)."""
+        if buf.released:
+            raise ValueError("buffer already released")
+        self._send.send_nowait(buf)
+
+    def wakeup_writable(self) -> None:
+        """The instance can take more data (NOTIFY_WRITABLE). Never lost."""
+        self._writable.set()
+
+    async def _wait_running(self) -> None:
+        while not self._running:
+            await self._running_changed.wait()
+
+    async def _writer(self) -> None:
+        async for buf in self._recv:
+            self._current = buf
+            gen = self._reset_gen
+            try:
+                view = memoryview(buf.data) if not isinstance(buf.data, memoryview) else buf.data
+                while len(view) and gen == self._reset_gen:
+                    await self._wait_running()
+                    self._writable.clear()
+                    n = self.instance.write(view)
+                    if n > 0:
+                        self.stats.in_data += n
+                        view = view[n:]
+                    if len(view) and gen == self._reset_gen:
+                        # partial write: wait for NOTIFY_WRITABLE or the retry timer
+                        with trio.move_on_after(self.retry_interval):
+                            await self._writable.wait()
+                        self.write_retries += 1
+            finally:
+                self._current = None
+                buf.release()
+
+    # ---- device -> client ------------------------------------------------------
+
+    def wakeup(self) -> None:
+        """The instance may have data to read (spice_server_char_device_wakeup)."""
+        self._readable.set()
+
+    async def _reader(self) -> None:
+        while True:
+            await self._readable.wait()
+            client = self._client
+            if client is None:
+                continue
+            with trio.CancelScope() as scope:
+                self._reader_scope = scope
+                await self._read_for(client)
+            self._reader_scope = None
+
+    async def _read_for(self, client: DeviceClient) -> None:
+        while self._client is client:
+            if not self._running:
+                await self._wait_running()
+                continue
+            if client.queued_bytes >= self.client_queue_limit:
+                await client.wait_queued_below(self.client_queue_limit)
+                continue
+            data = self.instance.read(self.max_read)
+            if not data:
+                return
+            self.stats.out_data += len(data)
+            client.push_device_data(data)
+            await trio.lowlevel.checkpoint()
+
+    def attach_client(self, client: DeviceClient) -> None:
+        """Attach the one client; the device state becomes connected and pending data
+        is read for it."""
+        if self._client is not None:
+            raise RuntimeError("the device already has a client")
+        self._client = client
+        self.instance.state(True)
+        self.wakeup()
+
+    def remove_client(self, client: DeviceClient) -> None:
+        """Detach `client` (reading for it stops at once); accepted writes stay queued."""
+        if self._client is not client:
+            return
+        self._client = None
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        self.instance.state(False)
+
+    @property
+    def client(self) -> DeviceClient | None:
+        return self._client
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Let the writer and reader run (the default)."""
+        self._running = True
+        self._running_changed.set()
+        self._running_changed = trio.Event()
+        self.wakeup()
+
+    def stop(self) -> None:
+        """Pause writing and reading; queued buffers are kept."""
+        self._running = False
+
+    def reset(self) -> None:
+        """Drop every queued buffer (and the one being written); return their tokens."""
+        self._reset_gen += 1
+        while True:
+            try:
+                buf = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            buf.release()
+        self._writable.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the writer and reader tasks until cancelled; on exit every queued buffer
+        is released."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._reader)
+                task_status.started()
+        finally:
+            self.reset()

@@ -1,0 +1,153 @@
+"""SpiceChardev: QEMU's chardev/spice.c frontend, the DeviceInstance over a CharBackend.
+
+Client -> backend: `write()` hands the backend what its `can_read()` allows and returns
+a partial count otherwise; the backend calls `accept_input()` when it can take more.
+Backend -> client: `chr_write()` discards while no client is connected (as QEMU does),
+otherwise keeps the data as pending and wakes the device; `send()` is the awaiting form
+a trio backend uses (it waits while the pending data is not yet read).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from .device import CharDevice
+from .interface import CharBackend, ChrEvent, DeviceSubtype
+
+log = logging.getLogger(__name__)
+
+PORT_EVENT_BREAK = 2
+PENDING_LIMIT = 64 * 1024
+
+
+class SpiceChardev:
+    """The QEMU-side frontend of one SPICE char device (spicevmc or spiceport).
+
+    Guarantees: OPENED/CLOSED reach the backend once per change of the client state;
+    data the backend hands over while a client is connected is read in order and never
+    dropped; `send()` returns only when its data is pending or consumed.
+    """
+
+    def __init__(
+        self,
+        backend: CharBackend,
+        subtype: DeviceSubtype = DeviceSubtype.PORT,
+        port_name: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.subtype = subtype
+        self.port_name = port_name
+        self.device: CharDevice | None = None
+        self.connected = False  # a client is attached (QEMU's be_open via vmc_state)
+        self.fe_open = subtype is DeviceSubtype.USBREDIR
+        self.blocked = False
+        self._pending = bytearray()
+        self._drained = trio.Event()
+        self._connected_changed = trio.Event()
+        self.on_port_event: Callable[[int], None] | None = None
+
+    # ---- DeviceInstance (called by the CharDevice) ---------------------------
+
+    def write(self, data: memoryview) -> int:
+        """vmc_write: hand the backend as much as `can_read()` allows."""
+        done = 0
+        total = len(data)
+        while done < total:
+            room = self.backend.can_read()
+            if room <= 0:
+                break
+            chunk = data[done : done + room]
+            self.backend.read(chunk)
+            done += len(chunk)
+        return done
+
+    def read(self, max_size: int) -> bytes:
+        """vmc_read: give the device up to `max_size` pending bytes."""
+        if not self._pending:
+            return b""
+        if len(self._pending) <= max_size:
+            out = bytes(self._pending)
+            self._pending.clear()
+        else:
+            out = bytes(self._pending[:max_size])
+            del self._pending[:max_size]
+        if not self._pending:
+            self.blocked = False
+            self._drained.set()
+            self._drained = trio.Event()
+        if self.device is not None:
+            # room freed: a backend that echoes may take client data again
+            self.device.wakeup_writable()
+        return out
+
+    def pending_room(self) -> int:
+        """How many more bytes `chr_write` takes now (0 while no client or full)."""
+        return max(0, PENDING_LIMIT - len(self._pending)) if self.connected else 0
+
+    def state(self, connected: bool) -> None:
+        """vmc_state: OPENED / CLOSED to the backend, once per change."""
+        if connected == self.connected:
+            return
+        self.connected = connected
+        if not connected:
+            # QEMU drops guest output while no client is connected
+            self._pending.clear()
+            self.blocked = False
+            self._drained.set()
+            self._drained = trio.Event()
+        self._connected_changed.set()
+        self._connected_changed = trio.Event()
+        self.backend.event(ChrEvent.OPENED if connected else ChrEvent.CLOSED)
+
+    def event(self, event: int) -> None:
+        """vmc_event / port event from the client: BREAK reaches the backend."""
+        if event == PORT_EVENT_BREAK:
+            self.backend.event(ChrEvent.BREAK)
+
+    # ---- the backend side ------------------------------------------------------
+
+    def attach(self, device: CharDevice) -> None:
+        self.device = device
+
+    def chr_write(self, data: bytes | bytearray | memoryview) -> int:
+        """spice_chr_write: how many bytes of `data` were taken (all when discarded)."""
+        if not self.connected:
+            log.debug("no client: discarding %d bytes", len(data))
+            return len(data)
+        if len(self._pending) >= PENDING_LIMIT:
+            self.blocked = True
+            return 0
+        self._pending += data
+        if self.device is not None:
+            self.device.wakeup()
+        return len(data)
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand `data` over, waiting while the pending data is above its limit."""
+        view = memoryview(data)
+        while len(view):
+            n = self.chr_write(view)
+            view = view[n:]
+            if len(view):
+                await self._drained.wait()
+
+    async def wait_connected(self, connected: bool = True) -> None:
+        """Return once a client is attached (or, with `connected=False`, detached)."""
+        while self.connected != connected:
+            await self._connected_changed.wait()
+
+    def accept_input(self) -> None:
+        """The backend can take data again (qemu chr_accept_input)."""
+        if self.device is not None:
+            self.device.wakeup_writable()
+
+    def set_fe_open(self, is_open: bool) -> None:
+        """The guest side opened or closed the port: announce it to the channel."""
+        if is_open == self.fe_open:
+            return
+        self.fe_open = is_open
+        if self.on_port_event is not None:
+            self.on_port_event(0 if is_open else 1)

@@ -1,0 +1,70 @@
+"""The interfaces between the char device, its device instance, a backend and a client."""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+
+class DeviceSubtype(enum.StrEnum):
+    """spice-server's char device subtypes ("port" covers port and webdav channels)."""
+
+    USBREDIR = "usbredir"
+    PORT = "port"
+    WEBDAV = "webdav"
+
+
+class ChrEvent(enum.IntEnum):
+    """QEMU chardev events seen by a backend."""
+
+    OPENED = 0
+    CLOSED = 1
+    BREAK = 2
+
+
+class DeviceInstance(Protocol):
+    """spice-server's SpiceCharDeviceInterface, as the CharDevice calls it.
+
+    `write` returns how many bytes it took (0..len); `read` returns at most `max_size`
+    bytes, empty when there is nothing now; both never block.
+    """
+
+    subtype: DeviceSubtype
+    port_name: str | None
+
+    def write(self, data: memoryview) -> int: ...
+
+    def read(self, max_size: int) -> bytes: ...
+
+    def state(self, connected: bool) -> None: ...
+
+    def event(self, event: int) -> None: ...
+
+
+class CharBackend(Protocol):
+    """The QEMU side of a chardev (what `-chardev` names): takes what clients send.
+
+    `can_read()` says how many bytes `read()` may be given now (0 = stalled: call the
+    frontend's `accept_input()` when that changes); `event()` gets OPENED / CLOSED /
+    BREAK.
+    """
+
+    def can_read(self) -> int: ...
+
+    def read(self, data: memoryview) -> None: ...
+
+    def event(self, event: ChrEvent) -> None: ...
+
+
+class DeviceClient(Protocol):
+    """What the CharDevice needs of an attached channel client (device -> client).
+
+    `push_device_data` queues without blocking; `queued_bytes` counts bytes queued and
+    not yet sent, and `wait_queued_below(limit)` returns once it is below `limit`.
+    """
+
+    queued_bytes: int
+
+    def push_device_data(self, data: bytes) -> None: ...
+
+    async def wait_queued_below(self, limit: int) -> None: ...

@@ -1,0 +1,20 @@
+"""The trivmc SPICE server: link, sessions, main channel and VMC channels."""
+
+from .channel import ChannelClient
+from .config import ServerConfig
+from .main_channel import MainChannelClient
+from .server import Server, running_server
+from .session import Session, SessionTable
+from .vmc import VmcChannel, VmcChannelClient
+
+__all__ = [
+    "ChannelClient",
+    "MainChannelClient",
+    "Server",
+    "ServerConfig",
+    "Session",
+    "SessionTable",
+    "VmcChannel",
+    "VmcChannelClient",
+    "running_server",
+]

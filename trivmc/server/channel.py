@@ -1,0 +1,220 @@
+"""ChannelClient: one linked channel connection (spice-server's RedChannelClient).
+
+Each runs a reader task, a sender task and, when enabled, a ping task in its own
+nursery. Outgoing messages wait in a memory channel; the sender batches whatever is
+queued into one socket write. `queued_bytes` counts body bytes queued and not yet
+written (the char device pauses reading at 1 MiB).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+
+import trio
+
+from ..protocol import (
+    AckSync,
+    Message,
+    MessageDecoder,
+    MessageEncoder,
+    MsgcCommon,
+    MsgCommon,
+    Ping,
+    Pong,
+    ProtocolError,
+    SetAck,
+)
+from ..protocol.messages import Body
+
+log = logging.getLogger(__name__)
+
+RECEIVE_SIZE = 256 * 1024
+BATCH_BYTES = 256 * 1024
+
+
+class UnknownMessage(ProtocolError):
+    """A message type this channel does not handle (spice-server closes the channel)."""
+
+
+class ChannelClient:
+    """The transport side of one channel client: framing, queues, ack window, pings.
+
+    Guarantees: messages are written in the order queued; `run()` returns when the peer
+    closes, and raises `ProtocolError` (after logging nothing itself) on bad input; the
+    queue is dropped when `run()` ends.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        name: str,
+        mini_header: bool,
+        max_message: int,
+        is_unix: bool,
+        ack_window: int | None = None,
+        ping_interval: float | None = None,
+    ) -> None:
+        self.stream = stream
+        self.name = name
+        self.is_unix = is_unix
+        self.encoder = MessageEncoder(mini_header)
+        self.decoder = MessageDecoder(mini_header, max_message)
+        self.queued_bytes = 0
+        self._queue_changed = trio.Event()
+        self._out_send, self._out_recv = trio.open_memory_channel[tuple[int, Body]](math.inf)
+        self.ack_window = ack_window
+        self.ack_generation = 0
+        self.client_generation = 0xFFFFFFFF
+        self.unacked = 0
+        self._acked = trio.Event()
+        self.ping_interval = None if is_unix else ping_interval
+        self._ping_id = 0
+        self._ping_sent: dict[int, int] = {}
+        self.min_rtt: float | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    # ---- sending ---------------------------------------------------------------
+
+    def send(self, mtype: int, body: Body = b"") -> None:
+        """Queue one message (never blocks)."""
+        self.queued_bytes += len(body)
+        self._out_send.send_nowait((mtype, body))
+
+    async def wait_queued_below(self, limit: int) -> None:
+        while self.queued_bytes >= limit:
+            await self._queue_changed.wait()
+
+    def _batch(self, first: tuple[int, Body]) -> list[tuple[int, Body]]:
+        batch = [first]
+        size = len(first[1])
+        while size < BATCH_BYTES:
+            try:
+                item = self._out_recv.receive_nowait()
+            except trio.WouldBlock:
+                break
+            batch.append(item)
+            size += len(item[1])
+        return batch
+
+    async def _sender(self) -> None:
+        if self.ack_window is not None:
+            self.ack_generation += 1
+            self.unacked = 0
+            self.send(MsgCommon.SET_ACK, SetAck(self.ack_generation, self.ack_window).encode())
+        async for first in self._out_recv:
+            batch = self._batch(first)
+            if self.ack_window is not None:
+                await self._send_windowed(batch)
+                continue
+            await self._write(batch)
+
+    async def _send_windowed(self, batch: Iterable[tuple[int, Body]]) -> None:
+        assert self.ack_window is not None
+        for item in batch:
+            while self.unacked > 2 * self.ack_window:
+                await self._acked.wait()
+            self.unacked += 1
+            await self._write([item])
+
+    async def _write(self, batch: list[tuple[int, Body]]) -> None:
+        data = self.encoder.encode_many(batch)
+        await self.stream.send_all(data)
+        self.bytes_out += len(data)
+        self.queued_bytes -= sum(len(b) for _, b in batch)
+        self._queue_changed.set()
+        self._queue_changed = trio.Event()
+
+    # ---- receiving -------------------------------------------------------------
+
+    async def handle_message(self, mtype: int, body: Body) -> None:
+        """Channel-specific messages; the base refuses any it does not know."""
+        raise UnknownMessage(f"{self.name}: unknown message type {mtype}")
+
+    async def _dispatch(self, msg: Message) -> None:
+        mtype, body = msg.type, msg.body
+        if mtype > MsgcCommon.DISCONNECTING:
+            await self.handle_message(mtype, body)
+        elif mtype == MsgcCommon.PONG:
+            self._on_pong(Pong.decode(body))
+        elif mtype == MsgcCommon.ACK_SYNC:
+            self.client_generation = AckSync.decode(body).generation
+        elif mtype == MsgcCommon.ACK:
+            if self.ack_window is not None and self.client_generation == self.ack_generation:
+                self.unacked -= self.ack_window
+                self._acked.set()
+                self._acked = trio.Event()
+        elif mtype == MsgcCommon.DISCONNECTING:
+            log.debug("%s: client says it is disconnecting", self.name)
+        elif mtype in (MsgcCommon.MIGRATE_FLUSH_MARK, MsgcCommon.MIGRATE_DATA):
+            raise ProtocolError(f"{self.name}: migration message {mtype} without migration")
+        else:
+            raise UnknownMessage(f"{self.name}: unknown message type {mtype}")
+
+    async def _reader(self, initial: bytes) -> None:
+        if initial:
+            for msg in self.decoder.feed(initial):
+                await self._dispatch(msg)
+        while True:
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                if self.decoder.buffered:
+                    log.info("%s: peer closed in the middle of a message", self.name)
+                return
+            self.bytes_in += len(data)
+            for msg in self.decoder.feed(data):
+                await self._dispatch(msg)
+
+    # ---- pings -----------------------------------------------------------------
+
+    def _on_pong(self, pong: Pong) -> None:
+        sent = self._ping_sent.pop(pong.id, None)
+        if sent is None or sent != pong.timestamp:
+            return  # not ours: ignore
+        rtt = (time.monotonic_ns() - sent) / 1e9
+        if self.min_rtt is None or rtt < self.min_rtt:
+            self.min_rtt = rtt
+
+    def ping(self) -> None:
+        """Queue a PING; its PONG updates `min_rtt`."""
+        self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
+        ts = time.monotonic_ns()
+        self._ping_sent = {self._ping_id: ts}  # only the latest is outstanding
+        self.send(MsgCommon.PING, Ping(self._ping_id, ts).encode())
+
+    async def _pinger(self) -> None:
+        assert self.ping_interval is not None
+        while True:
+            await trio.sleep(self.ping_interval)
+            self.ping()
+
+    # ---- lifetime --------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        """Hook: queue what the channel sends first."""
+
+    async def run(self, initial: bytes = b"") -> None:
+        """Serve this channel client until the peer closes or misbehaves."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender)
+                if self.ping_interval:
+                    nursery.start_soon(self._pinger)
+                await self.on_start()
+                await self._reader(initial)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._drop_queue()
+
+    def _drop_queue(self) -> None:
+        while True:
+            try:
+                self._out_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self.queued_bytes = 0
+        self._queue_changed.set()

@@ -1,0 +1,46 @@
+"""The main channel client: MAIN_INIT, then CHANNELS_LIST on ATTACH_CHANNELS."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ..protocol import MainChannelsList, MainInit, MsgcMain, MsgMain
+from ..protocol.messages import Body
+from .channel import ChannelClient, UnknownMessage
+
+log = logging.getLogger(__name__)
+
+# client main messages a VMC-only server accepts and ignores (agent, mouse, migration)
+IGNORED = frozenset(m for m in MsgcMain if m is not MsgcMain.ATTACH_CHANNELS)
+
+
+class MainChannelClient(ChannelClient):
+    """Sends MAIN_INIT with the session id; answers ATTACH_CHANNELS with every hosted
+    channel. Never claims an agent."""
+
+    def __init__(
+        self,
+        *args: object,
+        session_id: int,
+        channels: Callable[[], list[tuple[int, int]]],
+        **kw: object,
+    ) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.session_id = session_id
+        self._channels = channels
+        self.attached = False
+
+    async def on_start(self) -> None:
+        mm_time = (time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
+        self.send(MsgMain.INIT, MainInit(self.session_id, multi_media_time=mm_time).encode())
+
+    async def handle_message(self, mtype: int, body: Body) -> None:
+        if mtype == MsgcMain.ATTACH_CHANNELS:
+            self.attached = True
+            self.send(MsgMain.CHANNELS_LIST, MainChannelsList(tuple(self._channels())).encode())
+        elif mtype in IGNORED:
+            log.debug("%s: ignoring main message %d", self.name, mtype)
+        else:
+            raise UnknownMessage(f"{self.name}: unknown main message type {mtype}")

@@ -1,0 +1,150 @@
+"""VMC channels (spicevmc.cpp): usbredir, port and webdav, one client at a time.
+
+`VmcChannel` owns the char device, the QEMU-style frontend and the backend for its
+whole life; `VmcChannelClient` is the one linked client: DATA and COMPRESSED_DATA go
+into write buffers (a token first, so a stalled device stops socket reads), device data
+goes back as DATA or COMPRESSED_DATA by the LZ4 rules.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ..backends import Backend
+from ..chardev import CharDevice, DeviceSubtype, SpiceChardev
+from ..protocol import (
+    ChannelType,
+    MsgcVmc,
+    MsgVmc,
+    PortEventMsg,
+    PortInit,
+    VmcCap,
+    compress_body,
+    decompress_body,
+    should_compress,
+)
+from ..protocol.messages import Body
+from .channel import ChannelClient, UnknownMessage
+
+log = logging.getLogger(__name__)
+
+WEBDAV_PORT_NAME = "org.spice-space.webdav.0"
+
+
+class VmcChannelClient(ChannelClient):
+    """The client of one VMC channel; implements the char device's DeviceClient."""
+
+    def __init__(self, *args: object, channel: VmcChannel, peer_lz4: bool, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.channel = channel
+        self.peer_lz4 = peer_lz4
+        self.max_decompressed = self.decoder.max_size
+
+    def push_device_data(self, data: bytes) -> None:
+        stats = self.channel.device.stats
+        if should_compress(self.peer_lz4, len(data), self.is_unix):
+            body = compress_body(data)
+            if body is not None:
+                stats.out_compressed += len(body)
+                self.send(MsgVmc.COMPRESSED_DATA, body)
+                return
+        stats.out_uncompressed += len(data)
+        self.send(MsgVmc.DATA, data)
+
+    async def handle_message(self, mtype: int, body: Body) -> None:
+        device = self.channel.device
+        if mtype == MsgcVmc.DATA:
+            buf = await device.get_write_buffer(body)
+            device.write_buffer_add(buf)
+        elif mtype == MsgcVmc.COMPRESSED_DATA:
+            data = decompress_body(body, self.max_decompressed)
+            device.stats.in_compressed += len(body)
+            device.stats.in_decompressed += len(data)
+            buf = await device.get_write_buffer(data, compressed=True)
+            device.write_buffer_add(buf)
+        elif mtype == MsgcVmc.PORT_EVENT:
+            self.channel.chardev.event(PortEventMsg.decode(body).event)
+        else:
+            raise UnknownMessage(f"{self.name}: unknown message type {mtype}")
+
+
+class VmcChannel:
+    """One hosted VMC channel (type, id) with its device, frontend and backend."""
+
+    def __init__(
+        self,
+        channel_type: ChannelType,
+        channel_id: int,
+        backend: Backend,
+        port_name: str | None = None,
+    ) -> None:
+        self.channel_type = channel_type
+        self.channel_id = channel_id
+        subtype = {
+            ChannelType.USBREDIR: DeviceSubtype.USBREDIR,
+            ChannelType.PORT: DeviceSubtype.PORT,
+            ChannelType.WEBDAV: DeviceSubtype.WEBDAV,
+        }[channel_type]
+        if channel_type == ChannelType.WEBDAV and port_name is None:
+            port_name = WEBDAV_PORT_NAME
+        if channel_type == ChannelType.PORT and not port_name:
+            raise ValueError("a port channel needs a name")
+        self.backend = backend
+        self.chardev = SpiceChardev(backend, subtype, port_name)
+        self.device = CharDevice(self.chardev)
+        self.chardev.attach(self.device)
+        self.chardev.on_port_event = self._on_port_event
+        self.client: VmcChannelClient | None = None
+        self.clients_served = 0
+        self.clients_refused = 0
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (int(self.channel_type), self.channel_id)
+
+    @property
+    def label(self) -> str:
+        name = self.channel_type.name.lower()
+        return f"{name}:{self.channel_id}" + (
+            f" ({self.chardev.port_name})" if self.channel_type == ChannelType.PORT else ""
+        )
+
+    @property
+    def is_port(self) -> bool:
+        return self.channel_type in (ChannelType.PORT, ChannelType.WEBDAV)
+
+    def _on_port_event(self, event: int) -> None:
+        if self.client is not None and self.is_port:
+            self.client.send(MsgVmc.PORT_EVENT, PortEventMsg(event).encode())
+
+    async def run(self) -> None:
+        """Run the char device and the backend until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.device.run)
+            nursery.start_soon(self.backend.run, self.chardev)
+
+    async def serve_client(self, client: VmcChannelClient, initial: bytes) -> None:
+        """Serve `client` as this channel's one client, or refuse it when busy (the link
+        result was already OK: spice-server then just closes)."""
+        if self.client is not None:
+            self.clients_refused += 1
+            log.warning("%s: refusing a second client (the first keeps the channel)", self.label)
+            return
+        self.client = client
+        self.clients_served += 1
+        try:
+            if self.is_port:
+                name = (self.chardev.port_name or "").encode()
+                client.send(MsgVmc.PORT_INIT, PortInit(name, self.chardev.fe_open).encode())
+            self.device.attach_client(client)
+            await client.run(initial)
+        finally:
+            self.device.remove_client(client)
+            self.client = None
+
+
+def vmc_channel_caps() -> list[int]:
+    """What a trivmc server advertises on every VMC channel."""
+    return [VmcCap.DATA_COMPRESS_LZ4]
