@@ -174,7 +174,7 @@ class Server:
                     )
                 if linked is not None:
                     await self._run_channel(stream, linked, peer, is_unix)
-        except Exception as e:  # noqa: BLE001 - one connection never takes the server down
+        except Exception as e:
             log_connection_error(peer, e)
 
     def _refuse(self, peer: str, code: LinkError, why: str) -> None:
