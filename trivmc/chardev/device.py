@@ -19,8 +19,10 @@ token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import trio
@@ -100,6 +102,7 @@ class CharDevice:
         self._tokens = trio.Semaphore(tokens)
         self._send, self._recv = trio.open_memory_channel[WriteBuffer](math.inf)
         self._current: WriteBuffer | None = None
+        self._queued = 0  # buffers added and not yet done with by the writer
         self._writable = _Flag()
         self._readable = _Flag()
         self._running = True
@@ -117,7 +120,7 @@ class CharDevice:
     @property
     def queued_buffers(self) -> int:
         """Buffers in the write queue, the writer's current one included."""
-        return self._send.statistics().current_buffer_used + (self._current is not None)
+        return self._queued
 
     @property
     def idle(self) -> bool:
@@ -138,11 +141,27 @@ class CharDevice:
         self.outstanding_buffers += 1
         return WriteBuffer(data, self._release_token, compressed)
 
+    @contextlib.asynccontextmanager
+    async def write_buffer(
+        self, data: bytes | bytearray | memoryview, compressed: bool = False
+    ) -> AsyncIterator[WriteBuffer]:
+        """Take a token and a buffer for `data`; queue it when the block ends normally,
+        release it when the block raises (cancellation included)."""
+        buf = await self.get_write_buffer(data, compressed)
+        try:
+            yield buf
+        except BaseException:
+            buf.release()
+            raise
+        if not buf.released:
+            self.write_buffer_add(buf)
+
     def write_buffer_add(self, buf: WriteBuffer) -> None:
         """Queue `buf` for the device; the queue owns it from now on (never blocks)."""
         if buf.released:
             raise ValueError("buffer already released")
         self._send.send_nowait(buf)
+        self._queued += 1
 
     def wakeup_writable(self) -> None:
         """The instance can take more data (NOTIFY_WRITABLE). Never lost."""
@@ -172,6 +191,7 @@ class CharDevice:
                         self.write_retries += 1
             finally:
                 self._current = None
+                self._queued -= 1
                 buf.release()
 
     # ---- device -> client ------------------------------------------------------
@@ -249,6 +269,7 @@ class CharDevice:
                 buf = self._recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
+            self._queued -= 1
             buf.release()
         self._writable.set()
 
