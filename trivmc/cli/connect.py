@@ -3,13 +3,148 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
 from typing import Any
+
+import trio
+
+from ..client import Session, SpiceLinkError, VmcChannel, connect
+from .serve import parse_hostport
+
+log = logging.getLogger("trivmc.connect")
+
+EXAMPLES = """\
+examples:
+  trivmc connect spice://127.0.0.1:5930 --port org.qemu.monitor.qmp.0
+      QMP of a QEMU started with -spice ... -chardev spiceport,name=org.qemu.monitor.qmp.0
+  printf '{"execute":"qmp_capabilities"}\\n' | trivmc connect spice://127.0.0.1:5930 \\
+      --port org.qemu.monitor.qmp.0
+  trivmc connect spice://127.0.0.1:5930 --port org.qemu.console.serial.0 --listen 127.0.0.1:4444
+  SPICE_PASSWORD=s3cret trivmc connect spice://vmhost:5900 --usbredir 0 --listen 127.0.0.1:4000
+"""
+
+COPY_SIZE = 256 * 1024
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("connect", help="open a SPICE port/usbredir/webdav channel")
-    p.add_argument("uri")
+    p = sub.add_parser(
+        "connect",
+        help="open a SPICE port/usbredir/webdav channel as a byte stream",
+        description="Link a SPICE server's VMC channel and bridge it to stdin/stdout "
+        "(binary safe) or to a local TCP listener.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("uri", help="spice://HOST:PORT or spice+unix:///PATH")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--port", metavar="NAME", help="a port channel, by name")
+    which.add_argument("--usbredir", type=int, metavar="ID", help="usbredir channel ID")
+    which.add_argument("--webdav", action="store_true", help="the webdav channel")
+    p.add_argument("--listen", metavar="HOST:PORT", help="serve the channel on a local listener")
+    p.add_argument("--password", help="ticket (default: $SPICE_PASSWORD)")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=1.0,
+        help="after stdin ends, exit once the channel was quiet this long (default 1 s)",
+    )
+    p.add_argument("--no-lz4", action="store_true", help="do not negotiate LZ4")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+async def open_selected(session: Session, args: argparse.Namespace) -> VmcChannel:
+    if args.port is not None:
+        return await session.open_port(args.port)
+    if args.usbredir is not None:
+        return await session.open_usbredir(args.usbredir)
+    return await session.open_webdav()
+
+
+async def pump(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream) -> None:
+    """Copy until `src` ends."""
+    while data := await src.receive_some(COPY_SIZE):
+        await dst.send_all(data)
+
+
+async def bridge_stdio(channel: VmcChannel, linger: float) -> None:
+    stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
+    stdin_done = trio.Event()
+    async with stdin, stdout, trio.open_nursery() as nursery:
+
+        async def upstream() -> None:
+            await pump(stdin, channel)
+            await channel.send_eof()
+            stdin_done.set()
+
+        async def downstream() -> None:
+            while True:
+                if stdin_done.is_set():
+                    with trio.move_on_after(linger) as quiet:
+                        data = await channel.receive_some(COPY_SIZE)
+                    if quiet.cancelled_caught:
+                        break
+                else:
+                    data = await channel.receive_some(COPY_SIZE)
+                if not data:
+                    break
+                await stdout.send_all(data)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(upstream)
+        nursery.start_soon(downstream)
+
+
+async def serve_listener(session: Session, args: argparse.Namespace) -> None:
+    host, port = parse_hostport(args.listen)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    addr = listeners[0].socket.getsockname()
+    print(f"trivmc connect: listening on {addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
+    lst = listeners[0]
+    async with lst:
+        while True:  # one connection at a time
+            conn = await lst.accept()
+            async with conn:
+                channel = await open_selected(session, args)
+                async with channel:
+                    await bridge_pair(conn, channel)
+
+
+async def bridge_pair(a: trio.abc.Stream, b: trio.abc.Stream) -> None:
+    """Copy both ways until either side ends."""
+    async with trio.open_nursery() as nursery:
+
+        async def copy(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
+            await pump(src, dst)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(copy, a, b)
+        nursery.start_soon(copy, b, a)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    password = args.password if args.password is not None else os.environ.get("SPICE_PASSWORD")
+    async with connect(args.uri, password, lz4=not args.no_lz4) as session:
+        if args.listen:
+            await serve_listener(session, args)
+            return 0
+        channel = await open_selected(session, args)
+        async with channel:
+            await bridge_stdio(channel, args.linger)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("trivmc connect: not available yet")
+    logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr)
+    try:
+        return trio.run(main_async, args)
+    except SpiceLinkError as e:
+        print(f"trivmc connect: {e}", file=sys.stderr)
+        return 3
+    except (LookupError, ValueError, OSError, trio.BrokenResourceError) as e:
+        print(f"trivmc connect: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,130 @@
+"""trivmc's client against trivmc's own server, in process, on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import trio
+
+from trivmc.backends import EchoBackend, SourceBackend, pattern
+from trivmc.client import SpiceLinkError, connect
+from trivmc.protocol import LinkError
+from trivmc.server import Server, ServerConfig
+
+ECHO = "org.trivmc.echo.0"
+
+
+def make_server(**kw: object) -> Server:
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], key_pool_size=2, **kw))  # type: ignore[arg-type]
+    server.add_port(ECHO, EchoBackend())
+    server.add_port("org.trivmc.source.0", SourceBackend(3 * 1024 * 1024 + 17))
+    server.add_usbredir(EchoBackend())
+    return server
+
+
+async def echo_through(port: object, payload: bytes) -> bytes:
+    received = bytearray()
+
+    async def reader() -> None:
+        while len(received) < len(payload):
+            data = await port.receive_some(1 << 20)  # type: ignore[attr-defined]
+            assert data, "channel closed early"
+            received.extend(data)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(reader)
+        await port.send_all(payload)  # type: ignore[attr-defined]
+    return bytes(received)
+
+
+@pytest.mark.parametrize("lz4", [True, False])
+async def test_8mib_echo_through_port(lz4: bool) -> None:
+    payload = (b"compressible text " * 300 + os.urandom(500)) * 1500  # ~8.8 MB, half-compressible
+    payload = payload[: 8 * 1024 * 1024]
+    server = make_server()
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        async with connect(f"spice://{host}:{port}", lz4=lz4) as session:
+            ch = await session.open_port(ECHO)
+            assert ch.opened is True and ch.port_name == ECHO
+            got = await echo_through(ch, payload)
+            assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        stats = server.channels[(10, 0)].device.stats
+        if lz4:
+            assert stats.in_compressed > 0 and stats.out_compressed > 0
+        else:
+            assert stats.in_compressed == 0 and stats.out_compressed == 0
+        assert stats.in_data == len(payload)
+
+
+async def test_usbredir_echo_with_lz4() -> None:
+    server = make_server()
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        async with connect(f"spice://{host}:{port}") as session:
+            assert (9, 0) in session.channels
+            ch = await session.open_usbredir(0)
+            got = await echo_through(ch, b"x" * 100_000)
+            assert got == b"x" * 100_000
+        assert server.channels[(9, 0)].device.stats.in_compressed > 0
+
+
+async def test_source_read_to_the_end() -> None:
+    server = make_server()
+    total = 3 * 1024 * 1024 + 17
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        async with connect(f"spice://{host}:{port}") as session:
+            ch = await session.open_port("org.trivmc.source.0")
+            got = bytearray()
+            while len(got) < total:
+                data = await ch.receive_some()
+                assert data
+                got += data
+            assert bytes(got) == pattern(0, total)
+
+
+async def test_second_client_on_channel_refused() -> None:
+    server = make_server(multi_session=True)
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        uri = f"spice://{host}:{port}"
+        async with connect(uri) as s1, connect(uri) as s2:
+            first = await s1.open_port(ECHO)
+            second = await s2.open_channel(10, 0)
+            assert await second.receive_some() == b""  # linked, then closed by the server
+            assert await echo_through(first, b"still here") == b"still here"
+        assert server.channels[(10, 0)].clients_refused == 1
+
+
+async def test_wrong_password_raises_link_error() -> None:
+    server = make_server(password="pw")
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        with pytest.raises(SpiceLinkError) as info:
+            async with connect(f"spice://{host}:{port}", password="nope"):
+                pass
+        assert info.value.code == LinkError.PERMISSION_DENIED
+        async with connect(f"spice://{host}:{port}", password="pw") as session:
+            assert session.session_id != 0
+
+
+async def test_lost_connection_ends_pending_receive() -> None:
+    server = make_server()
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        async with connect(f"spice://{host}:{port}") as session:
+            ch = await session.open_port(ECHO)
+            async with trio.open_nursery() as n:
+
+                async def receiver() -> None:
+                    with pytest.raises(trio.BrokenResourceError):
+                        await ch.receive_some()
+
+                n.start_soon(receiver)
+                await trio.testing.wait_all_tasks_blocked()
+                # a new main link replaces this session: the server closes its channels
+                async with connect(f"spice://{host}:{port}"):
+                    pass

@@ -1,0 +1,360 @@
+"""A trio SPICE client for the VMC channels (usbredir, port, webdav) of any SPICE server.
+
+    async with trivmc.client.connect("spice://127.0.0.1:5930", password="pw") as session:
+        qmp = await session.open_port("org.qemu.monitor.qmp.0")
+        await qmp.send_all(b'{"execute": "qmp_capabilities"}')
+        print(await qmp.receive_some())
+
+Closing the session closes every channel it opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+
+from ..protocol import (
+    AckSync,
+    ChannelType,
+    ClientLink,
+    Linked,
+    LinkError,
+    LinkFailed,
+    MainCap,
+    MainChannelsList,
+    MainInit,
+    Message,
+    MessageDecoder,
+    MessageEncoder,
+    MsgcCommon,
+    MsgcMain,
+    MsgCommon,
+    MsgMain,
+    Ping,
+    Pong,
+    ProtocolError,
+    SetAck,
+    VmcCap,
+)
+from .channel import VmcChannel
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 16 * 1024 * 1024
+RECEIVE_SIZE = 256 * 1024
+
+
+class SpiceLinkError(Exception):
+    """The server refused a link; `code` is its SpiceLinkErr."""
+
+    def __init__(self, code: LinkError, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a SPICE server listens: TCP host/port, or a unix socket path."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
+
+
+def parse_uri(uri: str) -> Address:
+    """spice://HOST:PORT, spice://HOST?port=PORT, or spice+unix:///PATH."""
+    parts = urlsplit(uri)
+    if parts.scheme == "spice+unix":
+        path = parts.path or parts.netloc
+        if not path:
+            raise ValueError(f"no socket path in {uri!r}")
+        return Address(path=path)
+    if parts.scheme != "spice":
+        raise ValueError(f"not a spice:// URI: {uri!r}")
+    port = parts.port
+    if port is None:
+        q = parse_qs(parts.query).get("port")
+        if not q:
+            raise ValueError(f"no port in {uri!r}")
+        port = int(q[0])
+    return Address(host=parts.hostname or "127.0.0.1", port=port)
+
+
+async def open_stream(address: Address) -> trio.SocketStream:
+    if address.path is not None:
+        return await trio.open_unix_socket(address.path)
+    assert address.host is not None and address.port is not None
+    stream = await trio.open_tcp_stream(address.host, address.port)
+    with contextlib.suppress(OSError):
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    return stream
+
+
+@dataclass
+class LinkedStream:
+    """A linked channel connection: framing negotiated, peer caps known."""
+
+    stream: trio.SocketStream
+    mini_header: bool
+    peer_common_caps: tuple[int, ...]
+    peer_channel_caps: tuple[int, ...]
+    trailing: bytes
+
+
+async def link_channel(
+    address: Address,
+    connection_id: int,
+    channel_type: int,
+    channel_id: int,
+    channel_caps: Sequence[int],
+    password: str | None,
+) -> LinkedStream:
+    """Connect and link one channel; raise SpiceLinkError on refusal."""
+    stream = await open_stream(address)
+    try:
+        machine = ClientLink(connection_id, channel_type, channel_id, channel_caps, password)
+        await stream.send_all(machine.initiate())
+        while True:
+            data = await stream.receive_some(4096)
+            if not data:
+                raise SpiceLinkError(
+                    LinkError.ERROR,
+                    f"server closed the connection during the link of {channel_type}:{channel_id}",
+                )
+            for ev in machine.feed(data):
+                if isinstance(ev, LinkFailed):
+                    raise SpiceLinkError(ev.code, f"link refused: {ev.code.name} ({ev.reason})")
+                if isinstance(ev, Linked):
+                    return LinkedStream(
+                        stream,
+                        ev.mini_header,
+                        ev.peer_common_caps,
+                        ev.peer_channel_caps,
+                        machine.trailing,
+                    )
+            out = machine.data_to_send()
+            if out:
+                await stream.send_all(out)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+class MessageConnection:
+    """Framed messages over a linked stream, with the client side of ACK and PING."""
+
+    def __init__(self, linked: LinkedStream, max_message: int = MAX_MESSAGE) -> None:
+        self.stream = linked.stream
+        self.encoder = MessageEncoder(linked.mini_header)
+        self.decoder = MessageDecoder(linked.mini_header, max_message)
+        self._pending: list[Message] = self.decoder.feed(linked.trailing)
+        self._send_lock = trio.Lock()
+        self._ack_window = 0
+        self._ack_count = 0
+
+    async def send(self, mtype: int, body: bytes = b"") -> None:
+        async with self._send_lock:
+            await self.stream.send_all(self.encoder.encode(mtype, body))
+
+    async def send_raw(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
+    async def receive(self) -> Message | None:
+        """The next message not handled here (None at EOF). PING, SET_ACK and the ACK
+        window are answered on the way."""
+        while True:
+            while self._pending:
+                msg = self._pending.pop(0)
+                if await self._common(msg):
+                    continue
+                return msg
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                if self.decoder.buffered:
+                    raise ProtocolError("server closed in the middle of a message")
+                return None
+            self._pending = self.decoder.feed(data)
+
+    async def _common(self, msg: Message) -> bool:
+        if self._ack_window:
+            self._ack_count -= 1
+            if self._ack_count <= 0:
+                self._ack_count = self._ack_window
+                await self.send(MsgcCommon.ACK)
+        if msg.type == MsgCommon.PING:
+            ping = Ping.decode(msg.body)
+            await self.send(MsgcCommon.PONG, Pong(ping.id, ping.timestamp).encode())
+            return True
+        if msg.type == MsgCommon.SET_ACK:
+            ack = SetAck.decode(msg.body)
+            await self.send(MsgcCommon.ACK_SYNC, AckSync(ack.generation).encode())
+            self._ack_window = self._ack_count = ack.window
+            return True
+        return msg.type in (MsgCommon.NOTIFY, MsgCommon.DISCONNECTING, MsgCommon.MIGRATE)
+
+
+class Session:
+    """A linked main channel and the VMC channels opened through it."""
+
+    def __init__(self, address: Address, password: str | None, lz4: bool) -> None:
+        self.address = address
+        self.password = password
+        self.lz4 = lz4 and not address.is_unix
+        self.session_id = 0
+        self.channels: list[tuple[int, int]] = []
+        self.port_names: dict[int, str] = {}
+        self.main: MessageConnection | None = None
+        self._nursery: trio.Nursery | None = None
+        self._open: set[VmcChannel] = set()
+        self._channels_changed = trio.Event()
+        self.closed = False
+
+    async def _link_main(self) -> None:
+        linked = await link_channel(
+            self.address, 0, ChannelType.MAIN, 0, [MainCap.NAME_AND_UUID], self.password
+        )
+        self.main = MessageConnection(linked, 1 << 20)
+        init = None
+        with trio.fail_after(30):
+            while init is None:
+                msg = await self.main.receive()
+                if msg is None:
+                    raise ConnectionError("server closed the main channel before MAIN_INIT")
+                if msg.type == MsgMain.INIT:
+                    init = MainInit.decode(msg.body)
+            self.session_id = init.session_id
+            await self.main.send(MsgcMain.ATTACH_CHANNELS)
+            while not self.channels:
+                msg = await self.main.receive()
+                if msg is None:
+                    raise ConnectionError("server closed the main channel before CHANNELS_LIST")
+                self._on_main(msg)
+
+    def _on_main(self, msg: Message) -> None:
+        if msg.type == MsgMain.CHANNELS_LIST:
+            for entry in MainChannelsList.decode(msg.body).channels:
+                if entry not in self.channels:
+                    self.channels.append(entry)
+            self._channels_changed.set()
+            self._channels_changed = trio.Event()
+
+    async def _main_loop(self) -> None:
+        assert self.main is not None
+        try:
+            while True:
+                msg = await self.main.receive()
+                if msg is None:
+                    log.info("server closed the main channel")
+                    break
+                self._on_main(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as e:
+            log.info("main channel lost: %s", e)
+        finally:
+            self.closed = True
+            for ch in list(self._open):
+                ch.connection_lost("the session's main channel closed")
+
+    def _has(self, channel_type: int, channel_id: int) -> bool:
+        return (channel_type, channel_id) in self.channels
+
+    async def open_channel(self, channel_type: int, channel_id: int) -> VmcChannel:
+        """Link a VMC channel of this session and return it as a trio stream."""
+        if self._nursery is None or self.closed:
+            raise trio.ClosedResourceError("the session is closed")
+        if not self._has(channel_type, channel_id):
+            raise LookupError(f"the server lists no channel {channel_type}:{channel_id}")
+        caps = [VmcCap.DATA_COMPRESS_LZ4] if self.lz4 else []
+        linked = await link_channel(
+            self.address, self.session_id, channel_type, channel_id, caps, self.password
+        )
+        lz4_out = self.lz4 and VmcCap.DATA_COMPRESS_LZ4 in _bits(linked.peer_channel_caps)
+        channel = VmcChannel(
+            MessageConnection(linked),
+            channel_type,
+            channel_id,
+            lz4_out=lz4_out,
+            is_unix=self.address.is_unix,
+            on_close=self._open.discard,
+        )
+        self._open.add(channel)
+        await self._nursery.start(channel.run)
+        return channel
+
+    async def open_usbredir(self, channel_id: int = 0) -> VmcChannel:
+        return await self.open_channel(ChannelType.USBREDIR, channel_id)
+
+    async def open_webdav(self) -> VmcChannel:
+        return await self.open_channel(ChannelType.WEBDAV, 0)
+
+    async def open_port(self, name: str) -> VmcChannel:
+        """Open the port channel whose PORT_INIT carries `name` (channels are tried in
+        id order; a non-matching one is closed again)."""
+        known = [cid for cid, n in self.port_names.items() if n == name]
+        ids = known or [cid for t, cid in self.channels if t == ChannelType.PORT]
+        for cid in ids:
+            if cid in self.port_names and self.port_names[cid] != name:
+                continue
+            channel = await self.open_channel(ChannelType.PORT, cid)
+            with trio.fail_after(30):
+                port_name = await channel.wait_port_init()
+            self.port_names[cid] = port_name
+            if port_name == name:
+                return channel
+            await channel.aclose()
+        raise LookupError(f"no port channel named {name!r}")
+
+    async def aclose(self) -> None:
+        """Close every channel and the main channel."""
+        for ch in list(self._open):
+            await ch.aclose()
+        if self.main is not None:
+            await trio.aclose_forcefully(self.main.stream)
+        self.closed = True
+
+
+def _bits(words: tuple[int, ...]) -> set[int]:
+    return {w * 32 + b for w, word in enumerate(words) for b in range(32) if word >> b & 1}
+
+
+def _single(exc: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one leaf of a group made of exactly one exception (nested or not)."""
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]  # type: ignore[assignment]
+    return exc
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    uri: str, password: str | None = None, *, lz4: bool = True
+) -> AsyncIterator[Session]:
+    """Link the main channel of the server at `uri`; yield the Session. On exit every
+    channel it opened is closed. Raises SpiceLinkError when the server refuses."""
+    session = Session(parse_uri(uri), password, lz4)
+    await session._link_main()
+    try:
+        async with trio.open_nursery() as nursery:
+            session._nursery = nursery
+            nursery.start_soon(session._main_loop)
+            try:
+                yield session
+            finally:
+                await session.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaf = _single(group)
+        if leaf is None:
+            raise
+        raise leaf from None
