@@ -44,7 +44,11 @@ class EchoBackend(_Base):
     """Returns what it receives, in order; never drops (it stalls the writer instead)."""
 
     def can_read(self) -> int:
-        return 0 if self.chardev is None else self.chardev.pending_room()
+        if self.chardev is None:
+            return 0
+        if not self.chardev.connected:
+            return 1 << 30  # the echo of it is discarded, as QEMU drops output then
+        return self.chardev.pending_room()
 
     def read(self, data: memoryview) -> None:
         assert self.chardev is not None
