@@ -241,9 +241,10 @@ async def test_new_main_link_replaces_old_session() -> None:
 
 async def test_multi_session_keeps_both() -> None:
     async with serving(multi_session=True) as (server, uri):
-        async with connect(uri) as first, connect(uri):
+        async with connect(uri) as first, connect(uri) as second:
             assert len(server.sessions) == 2
             ch = await first.open_port(ECHO)
             await ch.send_all(b"ok")
             with trio.fail_after(10):
                 assert await ch.receive_some() == b"ok"
+            assert not second.closed
