@@ -1,4 +1,13 @@
-"""Backend specs (QEMU's -chardev vocabulary) -> backend factories."""
+"""Backend specs (QEMU's -chardev vocabulary) -> backend factories.
+
+echo | null | source:BYTES
+tcp:HOST:PORT[,reconnect=SECONDS]      connect (per client, bounded backoff)
+tcp-listen:HOST:PORT                   accept one peer at a time
+unix:PATH[,reconnect=SECONDS]
+unix-listen:PATH
+file:PATH                              append what the client sends
+exec:COMMAND                           a child per client (stdin/stdout)
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,15 @@ from collections.abc import Callable
 
 from .base import Backend
 from .simple import EchoBackend, NullBackend, SourceBackend
+from .stream import (
+    DEFAULT_RECONNECT,
+    ExecBackend,
+    FileBackend,
+    TcpConnectBackend,
+    TcpListenBackend,
+    UnixConnectBackend,
+    UnixListenBackend,
+)
 
 BackendFactory = Callable[[], Backend]
 
@@ -14,8 +32,36 @@ class BackendSpecError(ValueError):
     """A backend spec that names no known backend or has bad arguments."""
 
 
+def _options(rest: str, allowed: set[str]) -> tuple[str, dict[str, str]]:
+    main, *opts = rest.split(",")
+    parsed: dict[str, str] = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep or key not in allowed:
+            raise BackendSpecError(f"unknown option {opt!r}")
+        parsed[key] = value
+    return main, parsed
+
+
+def _hostport(text: str, spec: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise BackendSpecError(f"expected HOST:PORT in {spec!r}")
+    return host.strip("[]"), int(port)
+
+
+def _reconnect(opts: dict[str, str], spec: str) -> float:
+    try:
+        value = float(opts.get("reconnect", DEFAULT_RECONNECT))
+    except ValueError:
+        raise BackendSpecError(f"reconnect needs seconds: {spec!r}") from None
+    if value < 0:
+        raise BackendSpecError(f"negative reconnect: {spec!r}")
+    return value
+
+
 def parse_backend(spec: str) -> BackendFactory:
-    """A factory making a fresh backend for `spec` (echo | null | source:BYTES)."""
+    """A factory making a fresh backend for `spec`; BackendSpecError when it is bad."""
     kind, _, arg = spec.partition(":")
     if kind == "echo" and not arg:
         return EchoBackend
@@ -29,4 +75,22 @@ def parse_backend(spec: str) -> BackendFactory:
         if total < 0:
             raise BackendSpecError(f"negative byte count: {spec!r}")
         return lambda: SourceBackend(total)
+    if kind in ("tcp", "unix"):
+        main, opts = _options(arg, {"reconnect"})
+        delay = _reconnect(opts, spec)
+        if kind == "tcp":
+            host, port = _hostport(main, spec)
+            return lambda: TcpConnectBackend(host, port, delay)
+        if not main:
+            raise BackendSpecError(f"unix needs a path: {spec!r}")
+        return lambda: UnixConnectBackend(main, delay)
+    if kind == "tcp-listen":
+        host, port = _hostport(arg, spec)
+        return lambda: TcpListenBackend(host, port)
+    if kind == "unix-listen" and arg:
+        return lambda: UnixListenBackend(arg)
+    if kind == "file" and arg:
+        return lambda: FileBackend(arg)
+    if kind == "exec" and arg.strip():
+        return lambda: ExecBackend(arg)
     raise BackendSpecError(f"unknown backend {spec!r}")

@@ -1,0 +1,331 @@
+"""Stream backends: a socket (connect or listen, TCP or unix) or a child process.
+
+One peer stream at a time is bridged to the chardev. While there is no peer,
+`can_read()` is 0: client data waits in the char device's queue under its token budget,
+so nothing accepted is dropped while the backend is away. The port sees OPENED when a
+peer is up and CLOSED when it goes (PORT_EVENT for port clients).
+
+Connecting backends (tcp:, unix:, exec:) open their peer when a SPICE client attaches
+and close it when the client leaves, so every client starts with a fresh peer (what
+QEMU's usb-redir and QMP expect); they reconnect with a bounded backoff
+(`reconnect=SECONDS` is the longest wait; 0 disables). Listening backends (tcp-listen:,
+unix-listen:) accept one peer at a time for as long as they run. A peer's failure is
+logged with its cause and never raises out of the backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import socket
+import subprocess
+
+import trio
+
+from ..chardev import ChrEvent, SpiceChardev
+
+log = logging.getLogger(__name__)
+
+OUT_LIMIT = 256 * 1024
+RECEIVE_SIZE = 64 * 1024
+FIRST_BACKOFF = 0.1
+DEFAULT_RECONNECT = 2.0
+DRAIN_ON_CLOSE = 1.0
+
+
+class StreamBackend:
+    """Bridges one peer stream at a time to a SpiceChardev."""
+
+    name = "stream"
+
+    def __init__(self) -> None:
+        self.chardev: SpiceChardev | None = None
+        self.peer: trio.abc.Stream | None = None
+        self.client_attached = False
+        self.peers_served = 0
+        self.breaks = 0
+        self._out = bytearray()
+        self._out_ready = trio.Event()
+        self._out_drained = trio.Event()
+        self._client_changed = trio.Event()
+        self._peer_scope: trio.CancelScope | None = None
+
+    # ---- CharBackend -----------------------------------------------------------
+
+    def can_read(self) -> int:
+        return max(0, OUT_LIMIT - len(self._out)) if self.peer is not None else 0
+
+    def read(self, data: memoryview) -> None:
+        self._out += data
+        self._out_ready.set()
+
+    def event(self, event: ChrEvent) -> None:
+        if event == ChrEvent.BREAK:
+            self.breaks += 1
+            log.info("%s: BREAK from the client (a byte stream has no break: ignored)", self.name)
+            return
+        self.client_attached = event == ChrEvent.OPENED
+        self._client_changed.set()
+        self._client_changed = trio.Event()
+
+    async def wait_client(self, attached: bool) -> None:
+        while self.client_attached != attached:
+            await self._client_changed.wait()
+
+    # ---- bridging one peer -----------------------------------------------------
+
+    async def _peer_to_chardev(self, stream: trio.abc.Stream) -> None:
+        assert self.chardev is not None
+        while data := await stream.receive_some(RECEIVE_SIZE):
+            await self.chardev.send(data)
+        log.info("%s: peer closed its side", self.name)
+
+    async def _chardev_to_peer(self, stream: trio.abc.Stream) -> None:
+        assert self.chardev is not None
+        while True:
+            if not self._out:
+                self._out_drained.set()
+                self._out_drained = trio.Event()
+                await self._out_ready.wait()
+                self._out_ready = trio.Event()
+                continue
+            data = bytes(self._out)
+            await stream.send_all(data)
+            del self._out[: len(data)]
+            self.chardev.accept_input()
+
+    async def bridge(self, stream: trio.abc.Stream, close_with_client: bool) -> None:
+        """Serve `stream` as the peer until it closes (or, when `close_with_client`,
+        until the SPICE client leaves); never raises for the peer's failure."""
+        assert self.chardev is not None
+        self.peer = stream
+        self.peers_served += 1
+        self.chardev.set_fe_open(True)
+        self.chardev.accept_input()
+        try:
+            async with stream, trio.open_nursery() as nursery:
+
+                async def until_peer_ends() -> None:
+                    await self._peer_to_chardev(stream)
+                    nursery.cancel_scope.cancel()
+
+                async def until_client_leaves() -> None:
+                    await self.wait_client(False)
+                    with trio.move_on_after(DRAIN_ON_CLOSE):
+                        while self._out:
+                            await self._out_drained.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(until_peer_ends)
+                nursery.start_soon(self._chardev_to_peer, stream)
+                if close_with_client:
+                    nursery.start_soon(until_client_leaves)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            log.warning("%s: peer lost: %s", self.name, e)
+        finally:
+            self.peer = None
+            self.chardev.set_fe_open(False)
+
+    async def run(self, chardev: SpiceChardev) -> None:
+        self.chardev = chardev
+        await self.serve()
+
+    async def serve(self) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+
+class ConnectingBackend(StreamBackend):
+    """Opens its peer while a client is attached; reconnects with bounded backoff."""
+
+    def __init__(self, reconnect: float = DEFAULT_RECONNECT) -> None:
+        super().__init__()
+        self.reconnect = reconnect
+        self.connect_failures = 0
+
+    async def open_peer(self) -> trio.abc.Stream:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    async def serve(self) -> None:
+        backoff = FIRST_BACKOFF
+        while True:
+            await self.wait_client(True)
+            try:
+                stream = await self.open_peer()
+            except OSError as e:
+                self.connect_failures += 1
+                if self.reconnect <= 0:
+                    log.warning("%s: cannot connect (%s); no reconnect", self.name, e)
+                    await self.wait_client(False)
+                    continue
+                log.warning("%s: cannot connect (%s); retrying in %.1f s", self.name, e, backoff)
+                with trio.move_on_after(backoff):
+                    await self.wait_client(False)
+                backoff = min(backoff * 2, self.reconnect)
+                continue
+            backoff = FIRST_BACKOFF
+            log.info("%s: connected", self.name)
+            await self.bridge(stream, close_with_client=True)
+            if self.client_attached and self.reconnect > 0:
+                with trio.move_on_after(backoff):
+                    await self.wait_client(False)
+            elif self.client_attached:
+                await self.wait_client(False)
+
+
+class TcpConnectBackend(ConnectingBackend):
+    def __init__(self, host: str, port: int, reconnect: float = DEFAULT_RECONNECT) -> None:
+        super().__init__(reconnect)
+        self.host, self.port = host, port
+        self.name = f"tcp:{host}:{port}"
+
+    async def open_peer(self) -> trio.abc.Stream:
+        stream = await trio.open_tcp_stream(self.host, self.port)
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        return stream
+
+
+class UnixConnectBackend(ConnectingBackend):
+    def __init__(self, path: str, reconnect: float = DEFAULT_RECONNECT) -> None:
+        super().__init__(reconnect)
+        self.path = path
+        self.name = f"unix:{path}"
+
+    async def open_peer(self) -> trio.abc.Stream:
+        return await trio.open_unix_socket(self.path)
+
+
+class ExecBackend(ConnectingBackend):
+    """A child process per client: its stdin gets the client's bytes, its stdout goes
+    back. It is killed and reaped when the client leaves."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(reconnect=0)
+        self.command = command
+        self.name = f"exec:{command}"
+        self.processes_reaped = 0
+
+    async def open_peer(self) -> trio.abc.Stream:
+        argv = shlex.split(self.command)
+        if not argv:
+            raise OSError("empty command")
+        proc = await trio.lowlevel.open_process(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        return _ProcessStream(proc, self)
+
+
+class _ProcessStream(trio.abc.HalfCloseableStream):
+    """A child's stdin/stdout as one stream; closing it kills and reaps the child."""
+
+    def __init__(self, proc: trio.Process, owner: ExecBackend) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        self._stdin: trio.abc.SendStream = proc.stdin
+        self._stdout: trio.abc.ReceiveStream = proc.stdout
+        self.proc = proc
+        self.owner = owner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stdin.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stdin.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stdin.aclose()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stdout.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                await trio.aclose_forcefully(self._stdin)
+                await trio.aclose_forcefully(self._stdout)
+            finally:
+                if self.proc.returncode is None:
+                    self.proc.kill()
+                await self.proc.wait()
+                self.owner.processes_reaped += 1
+
+
+class ListeningBackend(StreamBackend):
+    """Accepts one peer at a time (the next waits in the backlog)."""
+
+    async def open_listener(self) -> trio.SocketListener:  # pragma: no cover
+        raise NotImplementedError
+
+    async def serve(self) -> None:
+        listener = await self.open_listener()
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as e:
+                    log.warning("%s: accept failed: %s", self.name, e)
+                    await trio.sleep(FIRST_BACKOFF)
+                    continue
+                log.info("%s: peer connected", self.name)
+                await self.bridge(stream, close_with_client=False)
+
+
+class TcpListenBackend(ListeningBackend):
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__()
+        self.host, self.port = host, port
+        self.name = f"tcp-listen:{host}:{port}"
+        self.bound: tuple[str, int] | None = None
+
+    async def open_listener(self) -> trio.SocketListener:
+        (listener,) = (await trio.open_tcp_listeners(self.port, host=self.host))[:1]
+        self.bound = listener.socket.getsockname()[:2]
+        return listener
+
+
+class UnixListenBackend(ListeningBackend):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.name = f"unix-listen:{path}"
+
+    async def open_listener(self) -> trio.SocketListener:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(self.path)
+        sock.listen(1)
+        return trio.SocketListener(sock)
+
+
+class FileBackend:
+    """Appends what the client sends to a file; nothing comes back."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.written = 0
+        self.chardev: SpiceChardev | None = None
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with the backend
+
+    def can_read(self) -> int:
+        return 1 << 20
+
+    def read(self, data: memoryview) -> None:
+        try:
+            self._file.write(data)
+            self.written += len(data)
+        except OSError as e:
+            log.error("file:%s: write failed, data lost: %s", self.path, e)
+
+    def event(self, event: ChrEvent) -> None:
+        pass
+
+    async def run(self, chardev: SpiceChardev) -> None:
+        self.chardev = chardev
+        chardev.set_fe_open(True)
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._file.close()
