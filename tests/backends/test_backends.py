@@ -83,7 +83,7 @@ async def test_tcp_connect_reconnects_and_loses_nothing() -> None:
 
         nursery.start_soon(accept_loop)
         backend = TcpConnectBackend("127.0.0.1", port, reconnect=0.2)
-        async with serve_port(backend) as (server, uri), connect(uri) as session:
+        async with serve_port(backend) as (_server, uri), connect(uri) as session:
             ch = await session.open_port(NAME)
             peer = await accepted.receive()  # the backend connects once a client attaches
             await wait_opened(ch)
@@ -107,7 +107,7 @@ async def test_tcp_connect_reconnects_and_loses_nothing() -> None:
 
 async def test_tcp_listen_one_peer_at_a_time() -> None:
     backend = TcpListenBackend("127.0.0.1", 0)
-    async with serve_port(backend) as (server, uri):
+    async with serve_port(backend) as (_server, uri):
         with trio.fail_after(10):
             while backend.bound is None:
                 await trio.testing.wait_all_tasks_blocked()
@@ -124,7 +124,7 @@ async def test_tcp_listen_one_peer_at_a_time() -> None:
 async def test_unix_listen(tmp_path: Path) -> None:
     path = str(tmp_path / "peer.sock")
     backend = UnixListenBackend(path)
-    async with serve_port(backend) as (server, uri), connect(uri) as session:
+    async with serve_port(backend) as (_server, uri), connect(uri) as session:
         with trio.fail_after(10):
             while not os.path.exists(path):
                 await trio.testing.wait_all_tasks_blocked()
