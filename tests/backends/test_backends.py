@@ -152,10 +152,11 @@ async def test_file_appends(tmp_path: Path) -> None:
 
 
 async def test_exec_child_per_client_reaped() -> None:
-    backend = ExecBackend(
-        f'{sys.executable} -u -c "import sys; [sys.stdout.buffer.write(l) or sys.stdout.flush() for l in sys.stdin.buffer]"'
+    echo = (
+        "import sys; [sys.stdout.buffer.write(x) or sys.stdout.flush() for x in sys.stdin.buffer]"
     )
-    async with serve_port(backend) as (server, uri):
+    backend = ExecBackend(f'{sys.executable} -u -c "{echo}"')
+    async with serve_port(backend) as (_server, uri):
         for round_ in range(2):
             async with connect(uri) as session:
                 ch = await session.open_port(NAME)
