@@ -7,6 +7,7 @@ that started it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -231,26 +232,40 @@ def make_iso(directory: str) -> str:
 
 
 @asynccontextmanager
-async def trivmc_serve(*args: str) -> AsyncIterator[str]:
+async def trivmc_serve(*args: str, log: list[str] | None = None) -> AsyncIterator[str]:
     """Run `python -m trivmc serve ARGS` (listening on a kernel-chosen port unless ARGS
     say otherwise); yield the spice:// URI it announces; stop it on exit."""
-    import re
     import sys
 
     cmd = [sys.executable, "-m", "trivmc", "serve", *args]
     if "--listen" not in args and "--unix" not in args:
         cmd += ["--listen", "127.0.0.1:0"]
+    async with announcing_process(cmd, log) as uri:
+        yield uri
+
+
+@asynccontextmanager
+async def announcing_process(
+    cmd: Sequence[str], log: list[str] | None = None
+) -> AsyncIterator[str]:
+    """Run a server process; yield the first spice:// URI it prints; stop it on exit.
+    With `log`, the process's stderr lines are appended to it as they come."""
+    import re
+
     async with trio.open_nursery() as nursery:
         proc: trio.Process = await nursery.start(
             functools.partial(
                 trio.run_process,
-                cmd,
+                list(cmd),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                stderr=None,
+                stderr=None if log is None else subprocess.PIPE,
                 check=False,
             )
         )
+        if log is not None:
+            assert proc.stderr is not None
+            nursery.start_soon(_collect, proc.stderr, log)
         try:
             assert proc.stdout is not None
             reader = LineReader(proc.stdout)
@@ -268,6 +283,13 @@ async def trivmc_serve(*args: str) -> AsyncIterator[str]:
             with trio.move_on_after(10):
                 await proc.wait()
             proc.kill()
+
+
+async def _collect(stream: trio.abc.ReceiveStream, log: list[str]) -> None:
+    reader = LineReader(stream)
+    with contextlib.suppress(EOFError):
+        while True:
+            log.append((await reader.readline()).decode(errors="replace"))
 
 
 async def _drain(stream: trio.abc.ReceiveStream) -> None:

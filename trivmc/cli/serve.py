@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tomllib
 from typing import Any
 
 import trio
@@ -19,14 +20,30 @@ log = logging.getLogger("trivmc.serve")
 DEMO_PORT = "org.trivmc.echo.0=echo"
 
 EXAMPLES = """\
-BACKEND: echo | null | source:BYTES
+BACKEND (QEMU's -chardev vocabulary):
+  echo | null | source:BYTES
+  tcp:HOST:PORT[,reconnect=SECONDS]   connect while a client is attached (bounded backoff)
+  tcp-listen:HOST:PORT                accept one peer at a time
+  unix:PATH[,reconnect=SECONDS] | unix-listen:PATH
+  file:PATH                           append what the client sends
+  exec:COMMAND                        a child process per client (stdin/stdout)
 
 examples:
   trivmc serve
       the built-in demo: 127.0.0.1:5930, no ticket, port org.trivmc.echo.0 echoing
-  trivmc serve --listen 127.0.0.1:5930 --password s3cret --port org.example.0=echo
-  trivmc serve --disable-ticketing --usbredir null --usbredir null
-  trivmc serve --unix /run/trivmc.sock --multi-session --port org.trivmc.data.0=source:1048576
+  trivmc serve --disable-ticketing --usbredir tcp:127.0.0.1:4000
+      USB redirection gateway: SPICE usbredir channel -> QEMU
+      `-chardev socket,id=ur0,host=127.0.0.1,port=4000,server=on,wait=off
+       -device usb-redir,chardev=ur0` (then: remote-viewer spice://127.0.0.1:5930)
+  trivmc serve --password s3cret --port org.qemu.monitor.qmp.0=unix:/run/qemu-qmp.sock
+      QMP of a QEMU (`-qmp unix:/run/qemu-qmp.sock,server=on,wait=off`) over a SPICE port
+  trivmc serve --multi-session --port org.example.shell.0=exec:/bin/sh
+      a shell per client on a port channel, several clients at once
+  trivmc serve --webdav file:/tmp/webdav.log --port org.example.log.0=file:/tmp/port.log
+  trivmc serve --config trivmc.toml --stats 10
+      settings from TOML (the same names: listen, unix, password, disable_ticketing,
+      multi_session, usbredir = [...], port = {NAME = BACKEND}, webdav, log_level, stats);
+      command-line options override it
 """
 
 
@@ -38,20 +55,25 @@ def add_parser(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--listen", action="append", metavar="HOST:PORT", default=[])
-    p.add_argument("--unix", action="append", metavar="PATH", default=[])
+    p.add_argument("--config", metavar="FILE", help="TOML file with the same settings")
+    p.add_argument("--listen", action="append", metavar="HOST:PORT", default=None)
+    p.add_argument("--unix", action="append", metavar="PATH", default=None)
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--password", metavar="PW", help="ticket clients must present")
     auth.add_argument("--disable-ticketing", action="store_true", help="accept any ticket")
     p.add_argument(
         "--multi-session",
         action="store_true",
+        default=None,
         help="keep older sessions when a new main channel links (default: replace them)",
     )
-    p.add_argument("--usbredir", action="append", metavar="BACKEND", default=[])
-    p.add_argument("--port", action="append", metavar="NAME=BACKEND", default=[])
+    p.add_argument("--usbredir", action="append", metavar="BACKEND", default=None)
+    p.add_argument("--port", action="append", metavar="NAME=BACKEND", default=None)
     p.add_argument("--webdav", metavar="BACKEND")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--stats", type=float, metavar="SECONDS", help="print per-channel counters this often"
+    )
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -60,6 +82,48 @@ def parse_hostport(text: str) -> tuple[str, int]:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
+
+
+CONFIG_KEYS = {
+    "listen", "unix", "password", "disable_ticketing", "multi_session",
+    "usbredir", "port", "webdav", "log_level", "stats",
+}  # fmt: skip
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read a TOML settings file; names are the long options with underscores."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    unknown = set(data) - CONFIG_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
+    for key in ("listen", "unix", "usbredir"):
+        if isinstance(data.get(key), str):
+            data[key] = [data[key]]
+    if isinstance(data.get("port"), dict):
+        data["port"] = [f"{k}={v}" for k, v in data["port"].items()]
+    return data
+
+
+def merge_config(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill options not given on the command line from --config, then defaults."""
+    conf = load_config(args.config) if args.config else {}
+    if args.password is None and not args.disable_ticketing:
+        args.password = conf.get("password")
+        args.disable_ticketing = bool(conf.get("disable_ticketing", False))
+    for key, default in (
+        ("listen", []),
+        ("unix", []),
+        ("usbredir", []),
+        ("port", []),
+        ("webdav", None),
+        ("multi_session", False),
+        ("log_level", "INFO"),
+        ("stats", None),
+    ):
+        if getattr(args, key) is None:
+            setattr(args, key, conf.get(key, default))
+    return args
 
 
 def build_server(args: argparse.Namespace) -> Server:
@@ -95,9 +159,32 @@ def uri_for(addr: object) -> str:
     return f"spice://{format_address(addr)}"
 
 
-async def serve(server: Server) -> None:
+def stats_lines(server: Server) -> list[str]:
+    """One line of counters per channel."""
+    lines = []
+    for ch in server.channels.values():
+        st = ch.device.stats
+        lines.append(
+            f"{ch.label}: clients {1 if ch.client else 0} (served {ch.clients_served},"
+            f" refused {ch.clients_refused}) in {st.in_data} B (compressed {st.in_compressed}"
+            f" -> {st.in_decompressed}) out {st.out_data} B (as lz4 {st.out_compressed},"
+            f" plain {st.out_uncompressed}) tokens free {ch.device.tokens_free}"
+        )
+    return lines
+
+
+async def print_stats(server: Server, every: float) -> None:
+    while True:
+        await trio.sleep(every)
+        for line in stats_lines(server):
+            print(f"trivmc stats: {line}", flush=True)
+
+
+async def serve(server: Server, stats: float | None = None) -> None:
     async with trio.open_nursery() as nursery:
         addresses: list[object] = await nursery.start(server.serve)
+        if stats:
+            nursery.start_soon(print_stats, server, stats)
         for addr in addresses:
             print(f"trivmc: serving {uri_for(addr)}", flush=True)
         for ch in server.channels.values():
@@ -107,6 +194,11 @@ async def serve(server: Server) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        args = merge_config(args)
+    except (OSError, ValueError, tomllib.TOMLDecodeError) as e:
+        print(f"trivmc serve: bad --config: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -122,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     ):
         log.warning("ticketing is disabled on a non-loopback address: anyone can connect")
     try:
-        trio.run(serve, server)
+        trio.run(serve, server, args.stats)
     except KeyboardInterrupt:
         print("trivmc: stopped", file=sys.stderr)
     except OSError as e:
