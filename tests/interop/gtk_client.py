@@ -205,9 +205,10 @@ def scenario_usbredir(args: argparse.Namespace) -> int:
                     r.finish()
 
             GObject.Object.connect(ch, "channel-event", on_ev)
-            ch.connect()
 
     GObject.Object.connect(r.session, "channel-new", on_channel_new)
+    # as remote-viewer does: the USB device manager connects the usbredir channels
+    r.result["usb_manager"] = SpiceClientGLib.UsbDeviceManager.get(r.session) is not None
     return r.run()
 
 
