@@ -11,6 +11,7 @@ from typing import Any
 import trio
 
 from ..client import Session, SpiceLinkError, VmcChannel, connect
+from ..server.server import leaf_exceptions
 from .serve import parse_hostport
 
 log = logging.getLogger("trivmc.connect")
@@ -140,11 +141,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr)
     try:
         return trio.run(main_async, args)
-    except SpiceLinkError as e:
-        print(f"trivmc connect: {e}", file=sys.stderr)
-        return 3
-    except (LookupError, ValueError, OSError, trio.BrokenResourceError) as e:
-        print(f"trivmc connect: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as e:
+        leaves = leaf_exceptions(e)
+        if all(isinstance(x, KeyboardInterrupt) for x in leaves):
+            return 130
+        for code, kinds in (
+            (3, (SpiceLinkError,)),
+            (1, (LookupError, ValueError, OSError, trio.BrokenResourceError)),
+        ):
+            if all(isinstance(x, kinds) for x in leaves):
+                print(f"trivmc connect: {'; '.join(map(str, leaves))}", file=sys.stderr)
+                return code
+        raise

@@ -13,7 +13,7 @@ import trio
 from ..backends import BackendSpecError, parse_backend
 from ..server import Server, ServerConfig
 from ..server.config import DEFAULT_PORT
-from ..server.server import format_address
+from ..server.server import format_address, leaf_exceptions
 
 log = logging.getLogger("trivmc.serve")
 
@@ -215,9 +215,13 @@ def run(args: argparse.Namespace) -> int:
         log.warning("ticketing is disabled on a non-loopback address: anyone can connect")
     try:
         trio.run(serve, server, args.stats)
-    except KeyboardInterrupt:
-        print("trivmc: stopped", file=sys.stderr)
-    except OSError as e:
-        print(f"trivmc serve: {e}", file=sys.stderr)
-        return 1
+    except BaseException as e:
+        leaves = leaf_exceptions(e)
+        if all(isinstance(x, KeyboardInterrupt) for x in leaves):
+            print("trivmc: stopped", file=sys.stderr)
+            return 0
+        if all(isinstance(x, OSError) for x in leaves):
+            print(f"trivmc serve: {'; '.join(map(str, leaves))}", file=sys.stderr)
+            return 1
+        raise
     return 0

@@ -291,16 +291,17 @@ class Server:
         log.info("%s: %s disconnected", peer, channel.label)
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or [exc] itself."""
     if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+        return [leaf for sub in exc.exceptions for leaf in leaf_exceptions(sub)]
     return [exc]
 
 
 def log_connection_error(peer: str, exc: BaseException) -> None:
     """Log why a connection ended: a bad peer at warning/info level, a bug with its
     traceback. Exception groups are looked through."""
-    for leaf in _leaves(exc):
+    for leaf in leaf_exceptions(exc):
         if isinstance(leaf, ProtocolError):
             log.warning("%s: protocol error, closing this connection: %s", peer, leaf)
         elif isinstance(leaf, trio.BrokenResourceError | trio.ClosedResourceError):
