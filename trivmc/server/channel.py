@@ -103,9 +103,11 @@ class ChannelClient:
 
     async def _sender(self) -> None:
         if self.ack_window is not None:
+            # SET_ACK goes first, ahead of anything queued; it counts as a sent message
             self.ack_generation += 1
-            self.unacked = 0
-            self.send(MsgCommon.SET_ACK, SetAck(self.ack_generation, self.ack_window).encode())
+            self.unacked = 1
+            body = SetAck(self.ack_generation, self.ack_window).encode()
+            await self.stream.send_all(self.encoder.encode(MsgCommon.SET_ACK, body))
         async for first in self._out_recv:
             batch = self._batch(first)
             if self.ack_window is not None:

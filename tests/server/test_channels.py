@@ -1,0 +1,106 @@
+"""Channel machinery: unix sockets (no LZ4), webdav, the ACK window, pings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from trivmc.backends import EchoBackend
+from trivmc.client import connect
+from trivmc.protocol import (
+    Ack,
+    AckSync,
+    MessageDecoder,
+    MessageEncoder,
+    MsgcCommon,
+    MsgCommon,
+    Ping,
+    Pong,
+    SetAck,
+)
+from trivmc.server import ChannelClient, Server, ServerConfig
+
+
+async def test_unix_socket_has_no_lz4(tmp_path: Path) -> None:
+    path = str(tmp_path / "spice.sock")
+    server = Server(ServerConfig(unix=[path], key_pool_size=2))
+    server.add_usbredir(EchoBackend())
+    async with server as addrs:
+        assert addrs == [path]
+        async with connect(f"spice+unix://{path}") as session:
+            ch = await session.open_usbredir(0)
+            payload = b"compressible " * 10_000
+            await ch.send_all(payload)
+            got = b""
+            with trio.fail_after(10):
+                while len(got) < len(payload):
+                    got += await ch.receive_some()
+            assert got == payload
+        stats = server.channels[(9, 0)].device.stats
+        assert stats.in_compressed == 0 and stats.out_compressed == 0  # never on AF_UNIX
+
+
+async def test_webdav_channel_port_init() -> None:
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], key_pool_size=2))
+    server.add_webdav(EchoBackend())
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        async with connect(f"spice://{host}:{port}") as session:
+            assert session.channels == [(11, 0)]
+            ch = await session.open_webdav()
+            assert await ch.wait_port_init() == "org.spice-space.webdav.0"
+
+
+class Recorder(ChannelClient):
+    pass
+
+
+async def test_ack_window_blocks_and_resumes() -> None:
+    """With a window of 2 the server sends at most 2 x window + 1 messages unacked."""
+    a, b = trio.testing.memory_stream_pair()
+    client = Recorder(
+        a, name="t", mini_header=True, max_message=1 << 16, is_unix=False, ack_window=2
+    )
+    dec = MessageDecoder(True, 1 << 16)
+    enc = MessageEncoder(True)
+
+    async def receive_msgs(n: int) -> list[int]:
+        types: list[int] = []
+        while len(types) < n:
+            types += [m.type for m in dec.feed(await b.receive_some())]
+        return types
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        for _ in range(10):
+            client.send(101, b"x")
+        first = await receive_msgs(5)  # SET_ACK + 4 data messages = 2 x window + 1
+        assert first[0] == MsgCommon.SET_ACK and first[1:] == [101] * 4
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.unacked == 5 and client.queued_bytes == 6  # blocked on the window
+        await b.send_all(enc.encode(MsgcCommon.ACK_SYNC, AckSync(1).encode()))
+        await b.send_all(enc.encode(MsgcCommon.ACK, Ack().encode()))
+        assert await receive_msgs(2) == [101, 101]  # the ACK freed a window's worth
+        nursery.cancel_scope.cancel()
+    assert SetAck.decode(SetAck(1, 2).encode()).window == 2
+
+
+async def test_ping_pong_measures_rtt() -> None:
+    a, b = trio.testing.memory_stream_pair()
+    client = Recorder(a, name="t", mini_header=True, max_message=1 << 16, is_unix=False)
+    dec = MessageDecoder(True, 1 << 16)
+    enc = MessageEncoder(True)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        client.ping()
+        msgs = []
+        while not msgs:
+            msgs = dec.feed(await b.receive_some())
+        ping = Ping.decode(msgs[0].body)
+        await b.send_all(enc.encode(MsgcCommon.PONG, Pong(ping.id + 7, 1).encode()))  # not ours
+        await b.send_all(enc.encode(MsgcCommon.PONG, Pong(ping.id, ping.timestamp).encode()))
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.min_rtt is not None and client.min_rtt >= 0
+        nursery.cancel_scope.cancel()
