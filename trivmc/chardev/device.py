@@ -136,8 +136,12 @@ class CharDevice:
     async def get_write_buffer(
         self, data: bytes | bytearray | memoryview, compressed: bool = False
     ) -> WriteBuffer:
-        """Wait for a free token, then wrap `data` (owned by the caller from now on)."""
-        await self._tokens.acquire()
+        """Wait for a free token, then wrap `data` (owned by the caller from now on).
+        With a token free it returns without a task switch (the hot path)."""
+        try:
+            self._tokens.acquire_nowait()
+        except trio.WouldBlock:
+            await self._tokens.acquire()
         self.outstanding_buffers += 1
         return WriteBuffer(data, self._release_token, compressed)
 

@@ -10,6 +10,7 @@ a trio backend uses (it waits while the pending data is not yet read).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -44,7 +45,8 @@ class SpiceChardev:
         self.connected = False  # a client is attached (QEMU's be_open via vmc_state)
         self.fe_open = subtype is DeviceSubtype.USBREDIR
         self.blocked = False
-        self._pending = bytearray()
+        self._pending: deque[bytes] = deque()
+        self._pending_size = 0
         self._drained = trio.Event()
         self._connected_changed = trio.Event()
         self.on_port_event: Callable[[int], None] | None = None
@@ -65,16 +67,27 @@ class SpiceChardev:
         return done
 
     def read(self, max_size: int) -> bytes:
-        """vmc_read: give the device up to `max_size` pending bytes."""
-        if not self._pending:
+        """vmc_read: give the device up to `max_size` pending bytes (whole chunks are
+        handed over without a copy)."""
+        pending = self._pending
+        if not pending:
             return b""
-        if len(self._pending) <= max_size:
-            out = bytes(self._pending)
-            self._pending.clear()
+        first = pending[0]
+        if len(first) >= max_size or len(pending) == 1:
+            if len(first) <= max_size:
+                out = pending.popleft()
+            else:
+                out, pending[0] = first[:max_size], first[max_size:]
         else:
-            out = bytes(self._pending[:max_size])
-            del self._pending[:max_size]
-        if not self._pending:
+            parts: list[bytes] = []
+            size = 0
+            while pending and size + len(pending[0]) <= max_size:
+                chunk = pending.popleft()
+                parts.append(chunk)
+                size += len(chunk)
+            out = b"".join(parts)
+        self._pending_size -= len(out)
+        if not pending:
             self.blocked = False
             self._drained.set()
             self._drained = trio.Event()
@@ -85,7 +98,7 @@ class SpiceChardev:
 
     def pending_room(self) -> int:
         """How many more bytes `chr_write` takes now (0 while no client or full)."""
-        return max(0, PENDING_LIMIT - len(self._pending)) if self.connected else 0
+        return max(0, PENDING_LIMIT - self._pending_size) if self.connected else 0
 
     def state(self, connected: bool) -> None:
         """vmc_state: OPENED / CLOSED to the backend, once per change."""
@@ -95,6 +108,7 @@ class SpiceChardev:
         if not connected:
             # QEMU drops guest output while no client is connected
             self._pending.clear()
+            self._pending_size = 0
             self.blocked = False
             self._drained.set()
             self._drained = trio.Event()
@@ -117,10 +131,11 @@ class SpiceChardev:
         if not self.connected:
             log.debug("no client: discarding %d bytes", len(data))
             return len(data)
-        if len(self._pending) >= PENDING_LIMIT:
+        if self._pending_size >= PENDING_LIMIT:
             self.blocked = True
             return 0
-        self._pending += data
+        self._pending.append(bytes(data))
+        self._pending_size += len(data)
         if self.device is not None:
             self.device.wakeup()
         return len(data)
