@@ -176,7 +176,12 @@ class CharDevice:
             await self._running_changed.wait()
 
     async def _writer(self) -> None:
-        async for buf in self._recv:
+        while True:
+            # drain what is queued without a task switch per buffer; wait when empty
+            try:
+                buf = self._recv.receive_nowait()
+            except trio.WouldBlock:
+                buf = await self._recv.receive()
             self._current = buf
             gen = self._reset_gen
             try:
