@@ -20,7 +20,7 @@ from trivmc.protocol import (
     Pong,
     SetAck,
 )
-from trivmc.server import ChannelClient, Server, ServerConfig
+from trivmc.server import ChannelClient, ChannelOptions, Server, ServerConfig
 
 
 async def test_unix_socket_has_no_lz4(tmp_path: Path) -> None:
@@ -60,9 +60,7 @@ class Recorder(ChannelClient):
 async def test_ack_window_blocks_and_resumes() -> None:
     """With a window of 2 the server sends at most 2 x window + 1 messages unacked."""
     a, b = trio.testing.memory_stream_pair()
-    client = Recorder(
-        a, name="t", mini_header=True, max_message=1 << 16, is_unix=False, ack_window=2
-    )
+    client = Recorder(a, ChannelOptions("t", True, 1 << 16, False, ack_window=2))
     dec = MessageDecoder(True, 1 << 16)
     enc = MessageEncoder(True)
 
@@ -89,7 +87,7 @@ async def test_ack_window_blocks_and_resumes() -> None:
 
 async def test_ping_pong_measures_rtt() -> None:
     a, b = trio.testing.memory_stream_pair()
-    client = Recorder(a, name="t", mini_header=True, max_message=1 << 16, is_unix=False)
+    client = Recorder(a, ChannelOptions("t", True, 1 << 16, False))
     dec = MessageDecoder(True, 1 << 16)
     enc = MessageEncoder(True)
     async with trio.open_nursery() as nursery:

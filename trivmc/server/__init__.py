@@ -1,6 +1,6 @@
 """The trivmc SPICE server: link, sessions, main channel and VMC channels."""
 
-from .channel import ChannelClient
+from .channel import ChannelClient, ChannelOptions
 from .config import ServerConfig
 from .main_channel import MainChannelClient
 from .server import Server, running_server
@@ -9,6 +9,7 @@ from .vmc import VmcChannel, VmcChannelClient
 
 __all__ = [
     "ChannelClient",
+    "ChannelOptions",
     "MainChannelClient",
     "Server",
     "ServerConfig",

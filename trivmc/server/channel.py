@@ -12,6 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import trio
 
@@ -39,6 +40,18 @@ class UnknownMessage(ProtocolError):
     """A message type this channel does not handle (spice-server closes the channel)."""
 
 
+@dataclass(frozen=True)
+class ChannelOptions:
+    """How one channel connection is framed and bounded."""
+
+    name: str
+    mini_header: bool
+    max_message: int
+    is_unix: bool
+    ack_window: int | None = None
+    ping_interval: float | None = None
+
+
 class ChannelClient:
     """The transport side of one channel client: framing, queues, ack window, pings.
 
@@ -47,20 +60,13 @@ class ChannelClient:
     queue is dropped when `run()` ends.
     """
 
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        *,
-        name: str,
-        mini_header: bool,
-        max_message: int,
-        is_unix: bool,
-        ack_window: int | None = None,
-        ping_interval: float | None = None,
-    ) -> None:
+    def __init__(self, stream: trio.abc.Stream, opts: ChannelOptions) -> None:
         self.stream = stream
-        self.name = name
-        self.is_unix = is_unix
+        self.opts = opts
+        self.name = opts.name
+        self.is_unix = opts.is_unix
+        mini_header, max_message = opts.mini_header, opts.max_message
+        ack_window, ping_interval, is_unix = opts.ack_window, opts.ping_interval, opts.is_unix
         self.encoder = MessageEncoder(mini_header)
         self.decoder = MessageDecoder(mini_header, max_message)
         self.queued_bytes = 0

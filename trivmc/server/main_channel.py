@@ -6,9 +6,11 @@ import logging
 import time
 from collections.abc import Callable
 
+import trio
+
 from ..protocol import MainChannelsList, MainInit, MsgcMain, MsgMain
 from ..protocol.messages import Body
-from .channel import ChannelClient, UnknownMessage
+from .channel import ChannelClient, ChannelOptions, UnknownMessage
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +24,13 @@ class MainChannelClient(ChannelClient):
 
     def __init__(
         self,
-        *args: object,
+        stream: trio.abc.Stream,
+        opts: ChannelOptions,
+        *,
         session_id: int,
         channels: Callable[[], list[tuple[int, int]]],
-        **kw: object,
     ) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        super().__init__(stream, opts)
         self.session_id = session_id
         self._channels = channels
         self.attached = False

@@ -32,7 +32,7 @@ from ..protocol import (
     check_password,
     verify_ticket,
 )
-from .channel import ChannelClient
+from .channel import ChannelOptions
 from .config import ServerConfig
 from .main_channel import MainChannelClient
 from .session import Session, SessionTable
@@ -244,50 +244,54 @@ class Server:
         self, stream: trio.SocketStream, linked: _Linked, peer: str, is_unix: bool
     ) -> None:
         mess = linked.mess
-        cfg = self.config
-        if mess.channel_type == ChannelType.MAIN:
-            session = self.sessions.create()
-            client: ChannelClient = MainChannelClient(
-                stream,
-                name=f"{peer} main",
-                mini_header=linked.mini_header,
-                max_message=cfg.max_main_message,
-                is_unix=is_unix,
-                ping_interval=cfg.ping_interval,
-                session_id=session.connection_id,
-                channels=self.channel_list,
-            )
-            log.info("%s: main channel linked, session %#010x", peer, session.connection_id)
-            try:
-                with session.scope:
-                    await client.run(linked.trailing)
-            finally:
-                self.sessions.remove(session)
-                log.info(
-                    "%s: main channel closed, session %#010x ended", peer, session.connection_id
-                )
-            return
-        channel = self.channels[(mess.channel_type, mess.channel_id)]
-        session_ = linked.session
-        assert session_ is not None
-        lz4 = mess.has_channel(VmcCap.DATA_COMPRESS_LZ4)
-        vmc = VmcChannelClient(
-            stream,
-            name=f"{peer} {channel.label}",
+        main = mess.channel_type == ChannelType.MAIN
+        channel = None if main else self.channels[(mess.channel_type, mess.channel_id)]
+        opts = ChannelOptions(
+            name=f"{peer} {'main' if channel is None else channel.label}",
             mini_header=linked.mini_header,
-            max_message=cfg.max_vmc_message,
+            max_message=self.config.max_main_message if main else self.config.max_vmc_message,
             is_unix=is_unix,
-            ping_interval=cfg.ping_interval,
-            channel=channel,
-            peer_lz4=lz4,
+            ping_interval=self.config.ping_interval,
         )
+        if channel is None:
+            await self._run_main(stream, opts, linked, peer)
+        else:
+            assert linked.session is not None
+            await self._run_vmc(stream, opts, linked, peer, channel, linked.session)
+
+    async def _run_main(
+        self, stream: trio.SocketStream, opts: ChannelOptions, linked: _Linked, peer: str
+    ) -> None:
+        session = self.sessions.create()
+        client = MainChannelClient(
+            stream, opts, session_id=session.connection_id, channels=self.channel_list
+        )
+        log.info("%s: main channel linked, session %#010x", peer, session.connection_id)
+        try:
+            with session.scope:
+                await client.run(linked.trailing)
+        finally:
+            self.sessions.remove(session)
+            log.info("%s: main channel closed, session %#010x ended", peer, session.connection_id)
+
+    async def _run_vmc(
+        self,
+        stream: trio.SocketStream,
+        opts: ChannelOptions,
+        linked: _Linked,
+        peer: str,
+        channel: VmcChannel,
+        session: Session,
+    ) -> None:
+        lz4 = linked.mess.has_channel(VmcCap.DATA_COMPRESS_LZ4)
+        client = VmcChannelClient(stream, opts, channel=channel, peer_lz4=lz4)
         log.info("%s: %s linked (client lz4: %s)", peer, channel.label, "yes" if lz4 else "no")
         with trio.CancelScope() as scope:
-            session_.join(scope)
+            session.join(scope)
             try:
-                await channel.serve_client(vmc, linked.trailing)
+                await channel.serve_client(client, linked.trailing)
             finally:
-                session_.leave(scope)
+                session.leave(scope)
         log.info("%s: %s disconnected", peer, channel.label)
 
 

@@ -26,7 +26,7 @@ from ..protocol import (
     should_compress,
 )
 from ..protocol.messages import Body
-from .channel import ChannelClient, UnknownMessage
+from .channel import ChannelClient, ChannelOptions, UnknownMessage
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,10 @@ WEBDAV_PORT_NAME = "org.spice-space.webdav.0"
 class VmcChannelClient(ChannelClient):
     """The client of one VMC channel; implements the char device's DeviceClient."""
 
-    def __init__(self, *args: object, channel: VmcChannel, peer_lz4: bool, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
+    def __init__(
+        self, stream: trio.abc.Stream, opts: ChannelOptions, *, channel: VmcChannel, peer_lz4: bool
+    ) -> None:
+        super().__init__(stream, opts)
         self.channel = channel
         self.peer_lz4 = peer_lz4
         self.max_decompressed = self.decoder.max_size
