@@ -7,7 +7,7 @@ trailing bytes, as spice-server does.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar, Self
 
 from .constants import CompressionType, MsgcCommon, MsgcMain, MsgCommon, MsgMain, MsgVmc
@@ -22,19 +22,26 @@ def _unpack(fmt: struct.Struct, body: Body, name: str) -> tuple[int, ...]:
     return fmt.unpack_from(body, 0)
 
 
+class _Fixed:
+    """A message whose body is exactly one struct of its dataclass fields, in order."""
+
+    __slots__ = ()
+    _S: ClassVar[struct.Struct]
+
+    def encode(self) -> bytes:
+        return self._S.pack(*(getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
+
+    @classmethod
+    def decode(cls, body: Body) -> Self:
+        return cls(*_unpack(cls._S, body, cls.__name__))
+
+
 @dataclass(frozen=True, slots=True)
-class SetAck:
+class SetAck(_Fixed):
     TYPE: ClassVar[int] = MsgCommon.SET_ACK
     _S: ClassVar[struct.Struct] = struct.Struct("<II")
     generation: int
     window: int
-
-    def encode(self) -> bytes:
-        return self._S.pack(self.generation, self.window)
-
-    @classmethod
-    def decode(cls, body: Body) -> Self:
-        return cls(*_unpack(cls._S, body, "SET_ACK"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,32 +62,18 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
-class Pong:
+class Pong(_Fixed):
     TYPE: ClassVar[int] = MsgcCommon.PONG
     _S: ClassVar[struct.Struct] = struct.Struct("<IQ")
     id: int
     timestamp: int
 
-    def encode(self) -> bytes:
-        return self._S.pack(self.id, self.timestamp)
-
-    @classmethod
-    def decode(cls, body: Body) -> Self:
-        return cls(*_unpack(cls._S, body, "PONG"))
-
 
 @dataclass(frozen=True, slots=True)
-class AckSync:
+class AckSync(_Fixed):
     TYPE: ClassVar[int] = MsgcCommon.ACK_SYNC
     _S: ClassVar[struct.Struct] = struct.Struct("<I")
     generation: int
-
-    def encode(self) -> bytes:
-        return self._S.pack(self.generation)
-
-    @classmethod
-    def decode(cls, body: Body) -> Self:
-        return cls(*_unpack(cls._S, body, "ACK_SYNC"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,20 +114,13 @@ class Notify:
 
 
 @dataclass(frozen=True, slots=True)
-class Disconnecting:
+class Disconnecting(_Fixed):
     """DISCONNECTING, the same layout in both directions."""
 
     TYPE: ClassVar[int] = MsgCommon.DISCONNECTING
     _S: ClassVar[struct.Struct] = struct.Struct("<QI")
     time_stamp: int
     reason: int
-
-    def encode(self) -> bytes:
-        return self._S.pack(self.time_stamp, self.reason)
-
-    @classmethod
-    def decode(cls, body: Body) -> Self:
-        return cls(*_unpack(cls._S, body, "DISCONNECTING"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +158,7 @@ class WaitForChannels:
 
 
 @dataclass(frozen=True, slots=True)
-class MainInit:
+class MainInit(_Fixed):
     TYPE: ClassVar[int] = MsgMain.INIT
     _S: ClassVar[struct.Struct] = struct.Struct("<8I")
     session_id: int
@@ -183,22 +169,6 @@ class MainInit:
     agent_tokens: int = 10
     multi_media_time: int = 0
     ram_hint: int = 0
-
-    def encode(self) -> bytes:
-        return self._S.pack(
-            self.session_id,
-            self.display_channels_hint,
-            self.supported_mouse_modes,
-            self.current_mouse_mode,
-            self.agent_connected,
-            self.agent_tokens,
-            self.multi_media_time,
-            self.ram_hint,
-        )
-
-    @classmethod
-    def decode(cls, body: Body) -> Self:
-        return cls(*_unpack(cls._S, body, "MAIN_INIT"))
 
 
 @dataclass(frozen=True, slots=True)
