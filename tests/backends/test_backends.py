@@ -167,3 +167,37 @@ async def test_exec_child_per_client_reaped() -> None:
                 while backend.processes_reaped < round_ + 1:
                     await trio.testing.wait_all_tasks_blocked(cushion=0.01)
     assert backend.processes_reaped == 2
+
+
+async def test_backend_failure_is_logged_and_server_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = trio.socket.socket()
+    await dead.bind(("127.0.0.1", 0))
+    port = dead.getsockname()[1]
+    dead.close()  # nothing listens there
+    backend = TcpConnectBackend("127.0.0.1", port, reconnect=0.2)
+    async with serve_port(backend) as (server, uri), connect(uri) as session:
+        ch = await session.open_port(NAME)
+        await ch.send_all(b"waits in the queue")
+        with trio.fail_after(10):
+            while backend.connect_failures < 2:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.02)
+        assert "cannot connect" in caplog.text and "retrying" in caplog.text
+        assert ch.opened is False
+        device = server.channels[(10, 0)].device
+        assert device.queued_buffers == 1 and device.stats.in_data == 0  # kept, not lost
+
+
+async def test_closing_a_session_closes_its_channels() -> None:
+    async with serve_port(parse_backend("echo")()) as (_server, uri):
+        async with connect(uri) as session:
+            ch = await session.open_port(NAME)
+        with pytest.raises(trio.ClosedResourceError):
+            await ch.receive_some()
+        with pytest.raises(trio.ClosedResourceError):
+            await ch.send_all(b"x")
+
+
+def EchoBackendFactory() -> Backend:
+    return parse_backend("echo")()

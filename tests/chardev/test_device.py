@@ -195,12 +195,12 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(OPS)
-def test_random_schedules_release_everything(ops: list[tuple[str, int, int]]) -> None:
+@settings(max_examples=80, deadline=None)
+@given(OPS, st.sampled_from([4, VMC_TOKENS]))
+def test_random_schedules_release_everything(ops: list[tuple[str, int, int]], tokens: int) -> None:
     async def scenario() -> None:
         inst = ScriptedInstance(per_write=2)
-        dev = CharDevice(inst, tokens=8)
+        dev = CharDevice(inst, tokens=tokens)
         queued: list[bytes] = []
         counter = 0
 
@@ -239,7 +239,7 @@ def test_random_schedules_release_everything(ops: list[tuple[str, int, int]]) ->
             while dev.queued_buffers or dev.outstanding_buffers:
                 await trio.sleep(0.1)
             assert bytes(inst.written) == b"".join(queued)  # in order, none twice
-            assert dev.idle and dev.tokens_free == 8
+            assert dev.idle and dev.tokens_free == tokens
             n.cancel_scope.cancel()
         assert dev.idle
 

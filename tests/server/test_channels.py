@@ -102,3 +102,32 @@ async def test_ping_pong_measures_rtt() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert client.min_rtt is not None and client.min_rtt >= 0
         nursery.cancel_scope.cancel()
+
+
+async def test_main_channel_tolerates_agent_and_mouse_messages() -> None:
+    from trivmc.client.session import MessageConnection, link_channel, parse_uri
+    from trivmc.protocol import MainInit, MsgcMain, MsgMain
+
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)], key_pool_size=2))
+    server.add_port("org.x.0", EchoBackend())
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        linked = await link_channel(parse_uri(f"spice://{host}:{port}"), 0, 1, 0, [], None)
+        conn = MessageConnection(linked)
+        async with linked.stream:
+            msg = await conn.receive()
+            assert msg is not None and msg.type == MsgMain.INIT
+            assert MainInit.decode(msg.body).agent_connected == 0  # never claims an agent
+            for mtype, body in (
+                (MsgcMain.CLIENT_INFO, bytes(8)),
+                (MsgcMain.MOUSE_MODE_REQUEST, b"\x02\x00"),
+                (MsgcMain.AGENT_START, b"\xff\xff\xff\xff"),
+                (MsgcMain.AGENT_DATA, b"agent bytes"),
+                (MsgcMain.AGENT_TOKEN, bytes(4)),
+                (MsgcMain.ATTACH_CHANNELS, b""),
+            ):
+                await conn.send(mtype, body)
+            with trio.fail_after(10):
+                msg = await conn.receive()
+            assert msg is not None and msg.type == MsgMain.CHANNELS_LIST
+            assert len(server.sessions) == 1
