@@ -102,6 +102,21 @@ def trivmc_cmd(port: int, mode: str, nbytes: int | None) -> list[str]:
     ]
 
 
+GTK_CLIENT = ROOT / "tests" / "interop" / "gtk_client.py"
+
+
+def gtk_echo(port: int, args: list[str]) -> dict[str, object]:
+    """spice-gtk (Debian's, via /usr/bin/python3) echoing args[0] bytes through a port."""
+    nbytes = int(args[0])
+    cmd = ["/usr/bin/python3", str(GTK_CLIENT), "--timeout", "120", "port-echo"]
+    cmd += [f"spice://127.0.0.1:{port}", PORT_NAME, str(nbytes)]
+    r = subprocess.run(cmd, capture_output=True, check=True, timeout=300)
+    res = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    if res.get("recv_sha256") != res.get("sent_sha256"):
+        raise RuntimeError("spice-gtk echo came back different")
+    return {"MBps": round(nbytes / res["seconds"] / 1e6, 2)}
+
+
 def raw_client(port: int, args: list[str]) -> dict[str, object]:
     cmd = [sys.executable, str(RAW_CLIENT), *args, "--port", str(port)]
     r = subprocess.run(cmd, capture_output=True, check=True, timeout=300)
@@ -122,6 +137,7 @@ SCENARIOS: dict[str, tuple[str, list[str], str, bool]] = {
     "recv_pattern": ("source", ["recv", "--total", "{N}", "--pattern", "counter"], "MBps", True),
     "echo_64b": ("echo", ["echo", "--msg-size", "64", "--count", "500"], "median_us", False),
     "link": ("echo", ["link", "--count", "20"], "median_ms", False),
+    "gtk_echo_8mib": ("echo", ["gtk", "8388608"], "MBps", True),
 }
 
 
@@ -143,7 +159,7 @@ def main() -> int:
             for who, make in (("anchor", anchor_cmd), ("trivmc", trivmc_cmd)):
                 port = free_port()
                 with server(make(port, mode, nbytes), port):
-                    res = raw_client(port, args)
+                    res = gtk_echo(port, args[1:]) if args[0] == "gtk" else raw_client(port, args)
                 value = res[metric]
                 assert isinstance(value, int | float)
                 values[who].append(float(value))
