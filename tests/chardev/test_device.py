@@ -244,3 +244,18 @@ def test_random_schedules_release_everything(ops: list[tuple[str, int, int]], to
         assert dev.idle
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_stop_pauses_and_start_resumes(autojump_clock: trio.testing.MockClock) -> None:
+    inst = ScriptedInstance()
+    dev = CharDevice(inst)
+    async with trio.open_nursery() as n:
+        await n.start(dev.run)
+        dev.stop()
+        dev.write_buffer_add(await dev.get_write_buffer(b"held"))
+        await trio.sleep(1.0)
+        assert inst.written == b"" and dev.queued_buffers == 1
+        dev.start()
+        await trio.testing.wait_all_tasks_blocked()
+        assert inst.written == b"held" and dev.idle
+        n.cancel_scope.cancel()

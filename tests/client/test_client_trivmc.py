@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 
 import pytest
 import trio
@@ -128,3 +129,50 @@ async def test_lost_connection_ends_pending_receive() -> None:
                 # a new main link replaces this session: the server closes its channels
                 async with connect(f"spice://{host}:{port}"):
                     pass
+
+
+async def test_port_break_reaches_the_backend() -> None:
+    server = make_server()
+    backend = server.channels[(10, 0)].backend
+    assert isinstance(backend, EchoBackend)
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        async with connect(f"spice://{host}:{port}") as session:
+            ch = await session.open_port(ECHO)
+            await ch.send_break()
+            await ch.send_all(b"sync")  # ordered after the BREAK on the same connection
+            with trio.fail_after(10):
+                assert await ch.receive_some() == b"sync"
+    assert backend.breaks == 1
+
+
+async def test_trivmc_connect_listen_exposes_the_channel() -> None:
+    import sys
+
+    server = make_server()
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        with trio.socket.socket() as probe:
+            await probe.bind(("127.0.0.1", 0))
+            local = probe.getsockname()[1]
+        cmd = [sys.executable, "-m", "trivmc", "connect", f"spice://{host}:{port}"]
+        cmd += ["--port", ECHO, "--listen", f"127.0.0.1:{local}"]
+        proc = await trio.lowlevel.open_process(cmd, stderr=subprocess.PIPE)
+        try:
+            assert proc.stderr is not None
+            with trio.fail_after(30):
+                banner = b""
+                while b"listening on" not in banner:
+                    banner += await proc.stderr.receive_some()
+            for round_ in range(2):  # one connection at a time, a fresh channel each
+                async with await trio.open_tcp_stream("127.0.0.1", local) as conn:
+                    await conn.send_all(b"round %d" % round_)
+                    with trio.fail_after(10):
+                        got = b""
+                        while len(got) < 7:
+                            got += await conn.receive_some()
+                    assert got == b"round %d" % round_
+        finally:
+            proc.kill()
+            await proc.wait()
+    assert server.channels[(10, 0)].clients_served >= 2
