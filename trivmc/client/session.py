@@ -218,6 +218,7 @@ class Session:
         self._nursery: trio.Nursery | None = None
         self._open: set[VmcChannel] = set()
         self._channels_changed = trio.Event()
+        self._got_list = False
         self.closed = False
 
     async def _link_main(self) -> None:
@@ -225,24 +226,31 @@ class Session:
             self.address, 0, ChannelType.MAIN, 0, [MainCap.NAME_AND_UUID], self.password
         )
         self.main = MessageConnection(linked, 1 << 20)
-        init = None
-        with trio.fail_after(30):
-            while init is None:
-                msg = await self.main.receive()
-                if msg is None:
-                    raise ConnectionError("server closed the main channel before MAIN_INIT")
-                if msg.type == MsgMain.INIT:
-                    init = MainInit.decode(msg.body)
-            self.session_id = init.session_id
-            await self.main.send(MsgcMain.ATTACH_CHANNELS)
-            while not self.channels:
-                msg = await self.main.receive()
-                if msg is None:
-                    raise ConnectionError("server closed the main channel before CHANNELS_LIST")
-                self._on_main(msg)
+        try:
+            with trio.fail_after(30):
+                init = None
+                while init is None:
+                    msg = await self._main_message("MAIN_INIT")
+                    if msg.type == MsgMain.INIT:
+                        init = MainInit.decode(msg.body)
+                self.session_id = init.session_id
+                await self.main.send(MsgcMain.ATTACH_CHANNELS)
+                while not self._got_list:
+                    self._on_main(await self._main_message("CHANNELS_LIST"))
+        except BaseException:
+            await trio.aclose_forcefully(linked.stream)
+            raise
+
+    async def _main_message(self, waiting_for: str) -> Message:
+        assert self.main is not None
+        msg = await self.main.receive()
+        if msg is None:
+            raise ConnectionError(f"server closed the main channel before {waiting_for}")
+        return msg
 
     def _on_main(self, msg: Message) -> None:
         if msg.type == MsgMain.CHANNELS_LIST:
+            self._got_list = True
             for entry in MainChannelsList.decode(msg.body).channels:
                 if entry not in self.channels:
                     self.channels.append(entry)
