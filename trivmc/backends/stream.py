@@ -50,7 +50,6 @@ class StreamBackend:
         self._out_ready = trio.Event()
         self._out_drained = trio.Event()
         self._client_changed = trio.Event()
-        self._peer_scope: trio.CancelScope | None = None
 
     # ---- CharBackend -----------------------------------------------------------
 

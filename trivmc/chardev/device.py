@@ -101,7 +101,6 @@ class CharDevice:
         self.write_retries = 0  # writes retried after the timer or a wakeup
         self._tokens = trio.Semaphore(tokens)
         self._send, self._recv = trio.open_memory_channel[WriteBuffer](math.inf)
-        self._current: WriteBuffer | None = None
         self._queued = 0  # buffers added and not yet done with by the writer
         self._writable = _Flag()
         self._readable = _Flag()
@@ -182,7 +181,6 @@ class CharDevice:
                 buf = self._recv.receive_nowait()
             except trio.WouldBlock:
                 buf = await self._recv.receive()
-            self._current = buf
             gen = self._reset_gen
             try:
                 view = memoryview(buf.data) if not isinstance(buf.data, memoryview) else buf.data
@@ -199,7 +197,6 @@ class CharDevice:
                             await self._writable.wait()
                         self.write_retries += 1
             finally:
-                self._current = None
                 self._queued -= 1
                 buf.release()
 

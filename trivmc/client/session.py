@@ -217,7 +217,6 @@ class Session:
         self.main: MessageConnection | None = None
         self._nursery: trio.Nursery | None = None
         self._open: set[VmcChannel] = set()
-        self._channels_changed = trio.Event()
         self._got_list = False
         self.closed = False
 
@@ -254,8 +253,6 @@ class Session:
             for entry in MainChannelsList.decode(msg.body).channels:
                 if entry not in self.channels:
                     self.channels.append(entry)
-            self._channels_changed.set()
-            self._channels_changed = trio.Event()
 
     async def _main_loop(self) -> None:
         assert self.main is not None
