@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .tools import run_gtk, trivmc_serve
 
 ECHO = "org.trivmc.echo.0"
@@ -45,3 +47,11 @@ async def test_second_client_on_port_refused_first_keeps_echoing() -> None:
     # the newcomer links (result OK) and is closed at once, as with spice-server
     assert r["second_events"][-1] == "closed", r
     assert r["recv2_sha256"] == r["sent_sha256"], "the first client stopped echoing"
+
+
+async def test_port_echo_over_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / "spice.sock"
+    async with trivmc_serve("--unix", str(path), "--port", f"{ECHO}=echo") as uri:
+        assert uri == f"spice+unix://{path}"
+        r = await run_gtk("port-echo", f"spice+unix://{path}", ECHO, str(1024 * 1024))
+    assert r["recv_sha256"] == r["sent_sha256"]
