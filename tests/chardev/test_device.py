@@ -259,3 +259,21 @@ async def test_stop_pauses_and_start_resumes(autojump_clock: trio.testing.MockCl
         await trio.testing.wait_all_tasks_blocked()
         assert inst.written == b"held" and dev.idle
         n.cancel_scope.cancel()
+
+
+async def test_reset_while_stopped_returns_the_writers_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    inst = ScriptedInstance(per_write=1)
+    dev = CharDevice(inst)
+    async with trio.open_nursery() as n:
+        await n.start(dev.run)
+        dev.write_buffer_add(await dev.get_write_buffer(b"abcdef"))
+        await trio.testing.wait_all_tasks_blocked()  # the writer holds it, 1 byte written
+        dev.stop()
+        await trio.sleep(0.5)
+        dev.reset()
+        await trio.testing.wait_all_tasks_blocked()
+        assert dev.idle and dev.queued_buffers == 0
+        assert len(inst.written) < 6
+        n.cancel_scope.cancel()

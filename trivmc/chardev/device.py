@@ -185,7 +185,9 @@ class CharDevice:
             try:
                 view = memoryview(buf.data) if not isinstance(buf.data, memoryview) else buf.data
                 while len(view) and gen == self._reset_gen:
-                    await self._wait_running()
+                    if not self._running:
+                        await self._running_changed.wait()  # start() or reset()
+                        continue
                     self._writable.clear()
                     n = self.instance.write(view)
                     if n > 0:
@@ -278,6 +280,8 @@ class CharDevice:
             self._queued -= 1
             buf.release()
         self._writable.set()
+        self._running_changed.set()  # a stopped writer drops its buffer too
+        self._running_changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the writer and reader tasks until cancelled; on exit every queued buffer
