@@ -59,7 +59,7 @@ async def test_send_waits_while_blocked(autojump_clock: trio.testing.MockClock) 
     dev = CharDevice(fe)
     fe.attach(dev)
     client = FakeClient()
-    payload = bytes(range(256)) * 1024  # 256 KiB > the pending limit
+    payload = bytes(range(256)) * 4096  # 1 MiB > the pending limit
     async with trio.open_nursery() as n:
         await n.start(dev.run)
         dev.attach_client(client)

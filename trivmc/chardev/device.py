@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 VMC_TOKENS = 128
 MAX_READ = 64 * 1024 + 32
 CLIENT_QUEUE_LIMIT = 1024 * 1024
+READ_BATCH = 256 * 1024  # bytes read for a client between two scheduling points
 RETRY_INTERVAL = 0.1
 
 
@@ -220,6 +221,7 @@ class CharDevice:
             self._reader_scope = None
 
     async def _read_for(self, client: DeviceClient) -> None:
+        since_checkpoint = 0
         while self._client is client:
             if not self._running:
                 await self._wait_running()
@@ -232,7 +234,10 @@ class CharDevice:
                 return
             self.stats.out_data += len(data)
             client.push_device_data(data)
-            await trio.lowlevel.checkpoint()
+            since_checkpoint += len(data)
+            if since_checkpoint >= READ_BATCH:  # let the sender and others run
+                since_checkpoint = 0
+                await trio.lowlevel.checkpoint()
 
     def attach_client(self, client: DeviceClient) -> None:
         """Attach the one client; the device state becomes connected and pending data

@@ -21,7 +21,7 @@ from .interface import CharBackend, ChrEvent, DeviceSubtype
 log = logging.getLogger(__name__)
 
 PORT_EVENT_BREAK = 2
-PENDING_LIMIT = 64 * 1024
+PENDING_LIMIT = 256 * 1024
 
 
 class SpiceChardev:
