@@ -33,7 +33,8 @@ class MessageDecoder:
     Guarantees: the internal buffer never holds more than one header plus `max_size`
     body bytes; a declared size above the bound (`max_size`, or `size_limit(type)` when
     given) raises `MessageTooLarge` before the body is buffered; bodies of messages that
-    lie wholly inside one chunk are memoryviews of that chunk (no copy).
+    lie wholly inside one chunk are memoryviews of that chunk, and bodies assembled
+    from several chunks are views of their own buffer (no copy either way).
     """
 
     def __init__(
@@ -92,8 +93,9 @@ class MessageDecoder:
             off += take
             if len(buf) < self._need:
                 return out
-            out.append(Message(self._type, bytes(buf)))
-            buf.clear()
+            # hand the assembled body out as a view and start a fresh buffer (no copy)
+            out.append(Message(self._type, memoryview(buf)))
+            self._buf = buf = bytearray()
             self._type = -1
         elif self._type >= 0:
             # header complete earlier, body empty so far
