@@ -2,7 +2,8 @@
 
 Client -> device: `await get_write_buffer(data)` takes a self token (128 for a VMC
 device; it waits when none is free, which stops the caller reading its socket), then
-`write_buffer_add(buf)` queues it on a memory channel; the writer task writes queued
+`write_buffer_add(buf)` writes it at once when the device is idle (as spice-server
+does) and queues what is left on a memory channel; the writer task writes queued
 buffers in order, keeping the unwritten rest of a partial write, and retries when the
 instance signals `wakeup_writable()` or after `RETRY_INTERVAL`.
 
@@ -103,6 +104,7 @@ class CharDevice:
         self._tokens = trio.Semaphore(tokens)
         self._send, self._recv = trio.open_memory_channel[WriteBuffer](math.inf)
         self._queued = 0  # buffers added and not yet done with by the writer
+        self._retry_first = False  # the queued head was partly written inline
         self._writable = _Flag()
         self._readable = _Flag()
         self._running = True
@@ -161,9 +163,23 @@ class CharDevice:
             self.write_buffer_add(buf)
 
     def write_buffer_add(self, buf: WriteBuffer) -> None:
-        """Queue `buf` for the device; the queue owns it from now on (never blocks)."""
+        """Hand `buf` to the device; the device owns it from now on (never blocks).
+
+        When nothing is queued or being written and the device runs, it is written at
+        once, as spice-server does; what the instance does not take (or all of it,
+        otherwise) goes to the write queue for the writer task, in order."""
         if buf.released:
             raise ValueError("buffer already released")
+        if self._queued == 0 and self._running:
+            self._writable.clear()
+            n = self.instance.write(memoryview(buf.data))
+            if n > 0:
+                self.stats.in_data += n
+            if n >= len(buf.data):
+                buf.release()
+                return
+            buf.data = memoryview(buf.data)[n:]
+            self._retry_first = True  # the writer waits before it tries again
         self._send.send_nowait(buf)
         self._queued += 1
 
@@ -174,6 +190,12 @@ class CharDevice:
     async def _wait_running(self) -> None:
         while not self._running:
             await self._running_changed.wait()
+
+    async def _wait_writable(self) -> None:
+        """After a partial write: wait for NOTIFY_WRITABLE or the retry timer."""
+        with trio.move_on_after(self.retry_interval):
+            await self._writable.wait()
+        self.write_retries += 1
 
     async def _writer(self) -> None:
         while True:
@@ -189,16 +211,17 @@ class CharDevice:
                     if not self._running:
                         await self._running_changed.wait()  # start() or reset()
                         continue
+                    if self._retry_first:
+                        self._retry_first = False
+                        await self._wait_writable()
+                        continue
                     self._writable.clear()
                     n = self.instance.write(view)
                     if n > 0:
                         self.stats.in_data += n
                         view = view[n:]
                     if len(view) and gen == self._reset_gen:
-                        # partial write: wait for NOTIFY_WRITABLE or the retry timer
-                        with trio.move_on_after(self.retry_interval):
-                            await self._writable.wait()
-                        self.write_retries += 1
+                        await self._wait_writable()
             finally:
                 self._queued -= 1
                 buf.release()
@@ -277,6 +300,7 @@ class CharDevice:
     def reset(self) -> None:
         """Drop every queued buffer (and the one being written); return their tokens."""
         self._reset_gen += 1
+        self._retry_first = False
         while True:
             try:
                 buf = self._recv.receive_nowait()

@@ -24,6 +24,7 @@ from .constants import (
     MsgVmc,
     PortEvent,
     VmcCap,
+    caps_from_words,
     caps_to_words,
     has_cap,
 )
@@ -42,6 +43,12 @@ from .framing import (
     MessageEncoder,
 )
 from .link import (
+    CLIENT_COMMON_CAPS,
+    LINK_HEADER_SIZE,
+    LINK_MESS_SIZE,
+    LINK_REPLY_SIZE,
+    MAX_LINK_SIZE,
+    SERVER_COMMON_CAPS,
     ClientLink,
     Linked,
     LinkEvent,
@@ -57,10 +64,17 @@ from .link import (
     encode_result,
     error_reply,
 )
-from .lz4rules import compress_body, decompress_block, decompress_body, should_compress
+from .lz4rules import (
+    compress_body,
+    decompress_block,
+    decompress_body,
+    should_compress,
+    vmc_payload,
+)
 from .messages import (
     Ack,
     AckSync,
+    Body,
     Disconnecting,
     MainAttachChannels,
     MainChannelsList,
@@ -88,16 +102,23 @@ from .ticket import (
 )
 
 __all__ = [
+    "CLIENT_COMMON_CAPS",
     "FULL_HEADER_SIZE",
+    "LINK_HEADER_SIZE",
+    "LINK_MESS_SIZE",
+    "LINK_REPLY_SIZE",
     "LZ4_THRESHOLD",
+    "MAX_LINK_SIZE",
     "MAX_PASSWORD_LENGTH",
     "MINI_HEADER_SIZE",
     "PUBKEY_SIZE",
+    "SERVER_COMMON_CAPS",
     "TICKET_SIZE",
     "VMC_CHANNEL_TYPES",
     "Ack",
     "AckSync",
     "AuthMechanism",
+    "Body",
     "ChannelType",
     "ClientLink",
     "CommonCap",
@@ -148,6 +169,7 @@ __all__ = [
     "VmcMigrateDataHeader",
     "WaitForChannel",
     "WaitForChannels",
+    "caps_from_words",
     "caps_to_words",
     "check_password",
     "compress_body",
@@ -161,4 +183,5 @@ __all__ = [
     "has_cap",
     "should_compress",
     "verify_ticket",
+    "vmc_payload",
 ]

@@ -173,6 +173,11 @@ def caps_to_words(caps: Iterable[int]) -> list[int]:
     return words
 
 
+def caps_from_words(words: Sequence[int]) -> list[int]:
+    """The capability numbers set in `words` (the inverse of `caps_to_words`)."""
+    return [32 * i + bit for i, w in enumerate(words) for bit in range(32) if w >> bit & 1]
+
+
 def has_cap(words: Sequence[int], cap: int) -> bool:
     """True when capability `cap` is set in `words` (missing words count as zero)."""
     idx = cap // 32

@@ -11,17 +11,24 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .errors import MessageTooLarge
+from .errors import MessageTooLarge, ProtocolError
 
 MINI_HEADER = struct.Struct("<HI")
 FULL_HEADER = struct.Struct("<QHII")
 MINI_HEADER_SIZE = MINI_HEADER.size  # 6
 FULL_HEADER_SIZE = FULL_HEADER.size  # 18
 
+Buffer = bytes | bytearray | memoryview
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Message:
-    """One framed message. `body` may be a zero-copy view of the received chunk."""
+    """One framed message: its type and its body.
+
+    `body` is a memoryview (zero copy) of the chunk it arrived in, or of a buffer the
+    decoder handed over and no longer touches, or bytes. Treat it as read-only; call
+    `bytes(msg.body)` to keep it beyond the chunk's lifetime if the chunk is reused.
+    """
 
     type: int
     body: bytes | memoryview
@@ -30,11 +37,16 @@ class Message:
 class MessageDecoder:
     """Incremental decoder: `feed(chunk)` returns every message the chunk completes.
 
-    Guarantees: the internal buffer never holds more than one header plus `max_size`
-    body bytes; a declared size above the bound (`max_size`, or `size_limit(type)` when
-    given) raises `MessageTooLarge` before the body is buffered; bodies of messages that
-    lie wholly inside one chunk are memoryviews of that chunk, and bodies assembled
-    from several chunks are views of their own buffer (no copy either way).
+    Guarantees:
+
+    - a declared size above the bound (`max_size`, or `size_limit(type)` when given)
+      raises `MessageTooLarge` as soon as the header is complete, before any body byte
+      is buffered; after any error every later `feed` raises it again;
+    - the internal buffer never holds more than one header or one bounded body
+      (`buffered <= max(header size, bound)`);
+    - a body lying wholly inside one chunk is a memoryview of that chunk, and a body
+      assembled from several chunks is handed over without a final copy;
+    - `feed` raises only `ProtocolError` subclasses.
     """
 
     def __init__(
@@ -46,105 +58,130 @@ class MessageDecoder:
         self.mini_header = mini_header
         self.max_size = max_size
         self._size_limit = size_limit
-        self._hdr = MINI_HEADER if mini_header else FULL_HEADER
-        self._hsize = self._hdr.size
-        self._buf = bytearray()
-        self._need = 0  # body size of the message being assembled in _buf, -1 = header
-        self._type = -1
+        self._hsize = MINI_HEADER_SIZE if mini_header else FULL_HEADER_SIZE
+        self._buf = bytearray()  # a partial header (_type < 0) or a partial body
+        self._type = -1  # type of the message whose body is being assembled
+        self._need = 0  # body size of that message
+        self._error: ProtocolError | None = None
+
+    @property
+    def header_size(self) -> int:
+        """6 for the mini header, 18 for the full one."""
+        return self._hsize
 
     @property
     def buffered(self) -> int:
         """Bytes held for a message not yet complete."""
         return len(self._buf)
 
-    def _check(self, mtype: int, size: int) -> None:
-        limit = self.max_size if self._size_limit is None else self._size_limit(mtype)
-        if size > limit:
-            raise MessageTooLarge(f"message type {mtype} declares {size} bytes, bound {limit}")
+    @property
+    def pending(self) -> bool:
+        """True while a message has started (part of its header or body came) but is
+        not complete: at end of stream that means the peer cut a message short."""
+        return bool(self._buf) or self._type >= 0
 
-    def _parse_header(self, data: bytes | bytearray | memoryview, off: int) -> tuple[int, int]:
+    def _header(self, data: Buffer, off: int) -> tuple[int, int]:
+        """(type, size) of the header at `off`, after checking the size bound."""
         if self.mini_header:
             mtype, size = MINI_HEADER.unpack_from(data, off)
         else:
             _serial, mtype, size, _sub = FULL_HEADER.unpack_from(data, off)
-        self._check(mtype, size)
+        limit = self.max_size if self._size_limit is None else self._size_limit(mtype)
+        if size > limit:
+            self._error = MessageTooLarge(
+                f"message type {mtype} declares {size} bytes, bound {limit}"
+            )
+            raise self._error
         return mtype, size
 
-    def feed(self, chunk: bytes | bytearray | memoryview) -> list[Message]:
+    def feed(self, chunk: Buffer) -> list[Message]:
         """Consume `chunk`; return the messages it completes, in order."""
+        if self._error is not None:
+            raise self._error
+        view = memoryview(chunk)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = memoryview(view.tobytes())
         out: list[Message] = []
-        view = memoryview(chunk).cast("B") if not isinstance(chunk, bytes) else memoryview(chunk)
         n = len(view)
         off = 0
         hsize = self._hsize
-        buf = self._buf
-        if buf:
-            # finish the partial header and/or body kept from earlier chunks
-            if self._type < 0:
-                take = min(hsize - len(buf), n)
-                buf += view[:take]
-                off = take
-                if len(buf) < hsize:
-                    return out
-                self._type, self._need = self._parse_header(buf, 0)
-                buf.clear()
-            take = min(self._need - len(buf), n - off)
-            buf += view[off : off + take]
-            off += take
-            if len(buf) < self._need:
+        if self._buf or self._type >= 0:
+            off = self._resume(view, out)
+            if off < 0:
                 return out
-            # hand the assembled body out as a view and start a fresh buffer (no copy)
-            out.append(Message(self._type, memoryview(buf)))
-            self._buf = buf = bytearray()
-            self._type = -1
-        elif self._type >= 0:
-            # header complete earlier, body empty so far
-            take = min(self._need, n)
-            if take == self._need:
-                out.append(Message(self._type, view[:take]))
-                self._type = -1
-                off = take
-            else:
-                buf += view[:take]
-                return out
+        header = self._header
         while off < n:
             if n - off < hsize:
-                buf += view[off:]
-                return out
-            mtype, size = self._parse_header(view, off)
+                self._buf += view[off:]
+                break
+            mtype, size = header(view, off)
             off += hsize
             end = off + size
-            if end <= n:
-                out.append(Message(mtype, view[off:end]))
-                off = end
-            else:
+            if end > n:
                 self._type, self._need = mtype, size
-                buf += view[off:]
-                return out
+                self._buf += view[off:]
+                break
+            out.append(Message(mtype, view[off:end]))
+            off = end
         return out
+
+    def _resume(self, view: memoryview, out: list[Message]) -> int:
+        """Continue the message kept from earlier chunks; return the offset reached in
+        `view`, or -1 when `view` is used up without completing it."""
+        n = len(view)
+        off = 0
+        buf = self._buf
+        if self._type < 0:
+            take = min(self._hsize - len(buf), n)
+            buf += view[:take]
+            off = take
+            if len(buf) < self._hsize:
+                return -1
+            self._type, self._need = self._header(buf, 0)
+            buf.clear()
+        need = self._need
+        if not buf and n - off >= need:
+            out.append(Message(self._type, view[off : off + need]))  # zero copy
+            off += need
+        else:
+            take = min(need - len(buf), n - off)
+            buf += view[off : off + take]
+            off += take
+            if len(buf) < need:
+                return -1
+            out.append(Message(self._type, memoryview(buf)))  # handed over, no copy
+            self._buf = bytearray()
+        self._type = -1
+        return off
 
 
 class MessageEncoder:
-    """Frames outgoing messages; keeps the per-direction serial of the full header."""
+    """Frames outgoing messages; keeps the per-direction serial of the full header
+    (1 for the first message, +1 per message)."""
 
     def __init__(self, mini_header: bool) -> None:
         self.mini_header = mini_header
         self.serial = 0
 
     def header(self, mtype: int, size: int) -> bytes:
-        """The header for one message of `size` body bytes."""
+        """The header for one message of `size` body bytes (advances the serial)."""
         if self.mini_header:
             return MINI_HEADER.pack(mtype, size)
         self.serial += 1
         return FULL_HEADER.pack(self.serial, mtype, size, 0)
 
-    def encode(self, mtype: int, body: bytes | bytearray | memoryview = b"") -> bytes:
+    def encode(self, mtype: int, body: Buffer = b"") -> bytes:
         """One framed message."""
         return self.header(mtype, len(body)) + body
 
-    def encode_many(self, messages: Iterable[tuple[int, bytes | bytearray | memoryview]]) -> bytes:
+    def encode_into(self, out: bytearray, mtype: int, body: Buffer = b"") -> None:
+        """Append one framed message to `out` (a batch being built)."""
+        out += self.header(mtype, len(body))
+        out += body
+
+    def encode_many(self, messages: Iterable[tuple[int, Buffer]]) -> bytes:
         """Many framed messages batched into one buffer (one send)."""
-        parts: list[bytes | bytearray | memoryview] = []
+        parts: list[Buffer] = []
         for mtype, body in messages:
             parts.append(self.header(mtype, len(body)))
             parts.append(body)

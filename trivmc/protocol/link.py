@@ -4,8 +4,14 @@ sans-IO state machines for the server and the client side.
 Server machine, in spice-server's order (spec section 1.8): header (magic, major,
 size bounds) -> SpiceLinkMess (caps bounds) -> `LinkRequest` event; the caller answers
 `accept(public_key, channel_caps)` or `refuse(code)`; then the auth mechanism (only when
-the client set AUTH_SELECTION) and the 128-byte ticket -> `TicketReceived`; the caller
+both sides set AUTH_SELECTION) and the 128-byte ticket -> `TicketReceived`; the caller
 answers `result(code)`. Bytes fed after the ticket are kept in `trailing`.
+
+Client machine: `initiate()` -> header + SpiceLinkMess; the OK reply queues the
+mechanism (when both set AUTH_SELECTION) and the encrypted ticket (`data_to_send()`);
+the u32 result gives `Linked` or `LinkFailed`.
+
+Neither machine raises on bad peer input: every failure is a `LinkFailed` event.
 """
 
 from __future__ import annotations
@@ -22,14 +28,16 @@ from .constants import (
     TICKET_SIZE,
     VERSION_MAJOR,
     VERSION_MINOR,
+    VMC_CHANNEL_TYPES,
     AuthMechanism,
     CommonCap,
     LinkError,
+    VmcCap,
     caps_to_words,
     has_cap,
 )
 from .errors import LinkProtocolError, TruncatedMessage
-from .ticket import encrypt_ticket
+from .ticket import check_password, encrypt_ticket
 
 _HEADER = struct.Struct("<4sIII")
 _MESS = struct.Struct("<IBBIII")
@@ -207,11 +215,13 @@ class LinkReplyReceived:
 
 @dataclass(frozen=True, slots=True)
 class Linked:
-    """Both sides: the link result was OK. `mini_header` is the negotiated framing."""
+    """Client side: the link result was OK. `mini_header` is the negotiated framing;
+    `peer_lz4` tells whether the server takes COMPRESSED_DATA on this VMC channel."""
 
     mini_header: bool
     peer_common_caps: tuple[int, ...]
     peer_channel_caps: tuple[int, ...]
+    peer_lz4: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +266,31 @@ class ServerLink:
 
     @property
     def mini_header(self) -> bool:
-        """Mini header iff the client advertised it (the server always does)."""
-        return self.mess is not None and self.mess.has_common(CommonCap.MINI_HEADER)
+        """Mini header iff both sides advertised it (the default server caps do)."""
+        return (
+            self.mess is not None
+            and self.mess.has_common(CommonCap.MINI_HEADER)
+            and has_cap(self.common_caps, CommonCap.MINI_HEADER)
+        )
+
+    @property
+    def peer_lz4(self) -> bool:
+        """The client advertised DATA_COMPRESS_LZ4 on a VMC channel: it takes
+        COMPRESSED_DATA (subject to `should_compress`)."""
+        return (
+            self.mess is not None
+            and self.mess.channel_type in VMC_CHANNEL_TYPES
+            and self.mess.has_channel(VmcCap.DATA_COMPRESS_LZ4)
+        )
+
+    @property
+    def expects_mechanism(self) -> bool:
+        """A u32 auth mechanism precedes the ticket: both sides set AUTH_SELECTION."""
+        return (
+            self.mess is not None
+            and self.mess.has_common(CommonCap.PROTOCOL_AUTH_SELECTION)
+            and has_cap(self.common_caps, CommonCap.PROTOCOL_AUTH_SELECTION)
+        )
 
     def _fail(self, code: LinkError, reason: str, reply: bool = True) -> LinkFailed:
         self._state = _S.FAILED
@@ -266,7 +299,8 @@ class ServerLink:
         return LinkFailed(code, data, reason)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[LinkEvent]:
-        """Consume bytes; return the events they complete."""
+        """Consume bytes (any chunking); return the events they complete. Never raises
+        on bad input: a failure is a `LinkFailed` carrying the bytes to send."""
         if self._state in (_S.DONE, _S.FAILED):
             if self._state is _S.DONE:
                 self.trailing += bytes(data)
@@ -324,15 +358,18 @@ class ServerLink:
         reply = LinkReply(
             LinkError.OK, public_key, self.common_caps, tuple(caps_to_words(channel_caps))
         )
-        if self.mess.has_common(CommonCap.PROTOCOL_AUTH_SELECTION):
+        if self.expects_mechanism:
             self._state, self._need = _S.MECHANISM, 4
         else:
             self._state, self._need = _S.TICKET, TICKET_SIZE
         return encode_reply(reply)
 
     def refuse(self, code: LinkError) -> bytes:
-        """The error reply for `code`; the connection must then be closed."""
+        """The error reply for `code` (instead of `accept()`); then close."""
+        if self._state is not _S.DECIDE:
+            raise RuntimeError("refuse() is only valid after LinkRequest")
         self._state = _S.FAILED
+        self._buf.clear()
         return error_reply(code)
 
     def pending_events(self) -> list[LinkEvent]:
@@ -369,6 +406,9 @@ class ClientLink:
         password: str | bytes | None = None,
         common_caps: Sequence[int] = CLIENT_COMMON_CAPS,
     ) -> None:
+        """`channel_caps`/`common_caps` are capability numbers. Raise `ValueError` for a
+        password over 60 bytes or with a NUL (spice-gtk refuses it locally too)."""
+        check_password(password)
         self.mess = LinkMess(
             connection_id,
             channel_type,
@@ -385,6 +425,7 @@ class ClientLink:
         self._out = bytearray()
 
     def initiate(self) -> bytes:
+        """The SpiceLinkHeader + SpiceLinkMess to write first."""
         body = self.mess.encode()
         return LinkHeader(len(body)).encode() + body
 
@@ -407,11 +448,22 @@ class ClientLink:
             and self.mess.has_common(CommonCap.MINI_HEADER)
         )
 
+    @property
+    def peer_lz4(self) -> bool:
+        """The server advertised DATA_COMPRESS_LZ4 on this VMC channel."""
+        return (
+            self.reply is not None
+            and self.mess.channel_type in VMC_CHANNEL_TYPES
+            and self.reply.has_channel(VmcCap.DATA_COMPRESS_LZ4)
+        )
+
     def _fail(self, code: LinkError, reason: str) -> LinkFailed:
         self._state = _S.FAILED
         return LinkFailed(code, b"", reason)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[LinkEvent]:
+        """Consume the server's bytes (any chunking); return the events they complete,
+        then write `data_to_send()`. Never raises on bad input (`LinkFailed` instead)."""
         if self._state is _S.DONE:
             self.trailing += bytes(data)
             return []
@@ -476,5 +528,7 @@ class ClientLink:
                 return self._fail(err, f"link result {err.name}")
             self._state = _S.DONE
             assert self.reply is not None
-            return Linked(self.mini_header, self.reply.common_caps, self.reply.channel_caps)
+            return Linked(
+                self.mini_header, self.reply.common_caps, self.reply.channel_caps, self.peer_lz4
+            )
         raise AssertionError(f"unexpected state {self._state}")  # pragma: no cover

@@ -12,7 +12,7 @@ import struct
 
 import lz4.block
 
-from .constants import LZ4_THRESHOLD, CompressionType
+from .constants import LZ4_THRESHOLD, CompressionType, MsgVmc
 from .errors import DecompressError
 from .messages import Body
 
@@ -30,6 +30,16 @@ def compress_body(data: Body) -> bytes | None:
     if len(block) >= len(data):
         return None
     return _HEAD.pack(CompressionType.LZ4, len(data)) + block
+
+
+def vmc_payload(data: Body, peer_lz4: bool, is_unix: bool) -> tuple[MsgVmc, Body]:
+    """The message for a payload going to the peer: `(COMPRESSED_DATA, body)` when the
+    rules allow and LZ4 helps, else `(DATA, data)` (`data` itself, not copied)."""
+    if should_compress(peer_lz4, len(data), is_unix):
+        body = compress_body(data)
+        if body is not None:
+            return MsgVmc.COMPRESSED_DATA, body
+    return MsgVmc.DATA, data
 
 
 def decompress_body(body: Body, max_size: int) -> bytes:

@@ -41,7 +41,9 @@ class KeyPool:
     """Keys generated ahead of time so no link waits for key generation.
 
     Each key is handed out once (`take`), never reused. `refill()` tops the pool up to
-    `size`; a trio server runs it in a worker thread after each link.
+    `size`; a trio server runs it in a worker thread after each link
+    (`trio.to_thread.run_sync(pool.refill)`). `take` and `refill` may run concurrently
+    in two threads: the pool is a deque whose append/popleft are atomic.
     """
 
     def __init__(self, size: int = 4) -> None:
@@ -58,10 +60,11 @@ class KeyPool:
         except IndexError:
             return generate_key()
 
-    def refill(self) -> int:
-        """Generate keys until the pool holds `size`; return how many were added."""
+    def refill(self, n: int | None = None) -> int:
+        """Generate keys until the pool holds `size` (or at most `n` more, when given);
+        return how many were added. Blocking: call it off the link path."""
         added = 0
-        while len(self._keys) < self.size:
+        while len(self._keys) < self.size and (n is None or added < n):
             self._keys.append(generate_key())
             added += 1
         return added
@@ -80,21 +83,29 @@ def check_password(password: str | bytes | None) -> bytes | None:
 
 
 def encrypt_ticket(public_der: bytes, password: str | bytes | None) -> bytes:
-    """The client side: RSA-OAEP(SHA-1) of password + NUL under the server's key."""
+    """The client side: the 128-byte RSA-OAEP(SHA-1) of password + NUL under the
+    server's key. `None` or empty sends the 1-byte plaintext NUL.
+
+    Raise `ValueError` for a bad password (`check_password`) and `LinkProtocolError`
+    (INVALID_DATA) when `public_der` is not an RSA-1024 public key.
+    """
     raw = check_password(password) or b""
     try:
-        key = serialization.load_der_public_key(public_der)
-    except (ValueError, UnsupportedAlgorithm) as e:
+        key = serialization.load_der_public_key(bytes(public_der))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise LinkProtocolError(LinkError.INVALID_DATA, f"bad server public key: {e}") from e
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise LinkProtocolError(LinkError.INVALID_DATA, "server public key is not RSA")
-    return key.encrypt(raw + b"\0", _OAEP)
+    if not isinstance(key, rsa.RSAPublicKey) or key.key_size != 8 * TICKET_SIZE:
+        raise LinkProtocolError(LinkError.INVALID_DATA, "server public key is not RSA-1024")
+    try:
+        return key.encrypt(raw + b"\0", _OAEP)
+    except ValueError as e:  # pragma: no cover - RSA-1024 always fits 61 bytes
+        raise LinkProtocolError(LinkError.INVALID_DATA, f"cannot encrypt ticket: {e}") from e
 
 
 def verify_ticket(
     key: LinkKey,
-    ticket: bytes,
-    password: bytes | None,
+    ticket: bytes | bytearray | memoryview,
+    password: str | bytes | None,
     *,
     expiry: float | None = None,
     now: float | None = None,
@@ -103,12 +114,18 @@ def verify_ticket(
 
     Decryption failure denies even with ticketing disabled (`password=None`); ticketing
     enabled with an empty password always denies; an `expiry` at or before `now` denies;
-    otherwise the bytes before the first NUL are compared in constant time.
+    otherwise the bytes before the first NUL are compared in constant time
+    (`hmac.compare_digest`). Sans-IO: pass `now` (same clock as `expiry`) whenever
+    `expiry` is set; an `expiry` without `now` raises `ValueError`.
     """
+    if expiry is not None and now is None:
+        raise ValueError("verify_ticket: expiry given without now")
+    if isinstance(password, str):
+        password = password.encode()
     if len(ticket) != TICKET_SIZE:
         return LinkError.PERMISSION_DENIED
     try:
-        plain = key.private.decrypt(ticket, _OAEP)
+        plain = key.private.decrypt(bytes(ticket), _OAEP)
     except ValueError:
         return LinkError.PERMISSION_DENIED
     if password is None:
