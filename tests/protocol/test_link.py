@@ -137,3 +137,170 @@ def test_key_pool_never_reuses() -> None:
     assert pool.refill() == 2
     keys = {pool.take().public_der for _ in range(3)}  # the third is made on demand
     assert len(keys) == 3 and all(len(k) == 162 for k in keys)
+
+
+@pytest.mark.parametrize(
+    ("client_mini", "server_mini", "expected"),
+    [(True, True, True), (False, True, False), (True, False, False)],
+)
+def test_header_negotiation(
+    link_key: LinkKey, client_mini: bool, server_mini: bool, expected: bool
+) -> None:
+    base = [CommonCap.PROTOCOL_AUTH_SELECTION, CommonCap.AUTH_SPICE]
+    client = ClientLink(
+        0, ChannelType.MAIN, 0, common_caps=base + [CommonCap.MINI_HEADER] * client_mini
+    )
+    server = ServerLink(base + [CommonCap.MINI_HEADER] * server_mini)
+    linked = run_link(link_key, client, server)
+    assert linked.mini_header is expected
+    assert server.mini_header is expected and client.mini_header is expected
+
+
+def run_link(key: LinkKey, client: ClientLink, server: ServerLink) -> Linked:
+    """Drive both machines to completion (whole writes), return the client's Linked."""
+    to_server = client.initiate()
+    while to_server:
+        data, to_server = to_server, b""
+        for ev in server.feed(data):
+            if isinstance(ev, LinkRequest):
+                reply = server.accept(key.public_der, [VmcCap.DATA_COMPRESS_LZ4])
+                evs = client.feed(reply) + server.pending_events()
+                assert not any(isinstance(e, LinkFailed) for e in evs), evs
+                to_server += client.data_to_send()
+            elif isinstance(ev, TicketReceived):
+                (linked,) = client.feed(server.result(verify_ticket(key, ev.ticket, None)))
+                assert isinstance(linked, Linked), linked
+                return linked
+            else:
+                raise AssertionError(ev)
+    raise AssertionError("link did not finish")
+
+
+def test_server_without_auth_selection_reads_ticket_directly(link_key: LinkKey) -> None:
+    server = ServerLink([CommonCap.AUTH_SPICE, CommonCap.MINI_HEADER])
+    client = ClientLink(0, ChannelType.MAIN, 0)  # the client sets AUTH_SELECTION
+    server.feed(client.initiate())
+    assert not server.expects_mechanism
+    client.feed(server.accept(link_key.public_der))
+    out = client.data_to_send()
+    assert len(out) == 128  # no mechanism word: only one side selects
+    (ev,) = server.feed(out)
+    assert isinstance(ev, TicketReceived)
+
+
+def test_mechanism_sent_when_both_select(link_key: LinkKey) -> None:
+    server = ServerLink()
+    client = ClientLink(0, ChannelType.MAIN, 0)
+    server.feed(client.initiate())
+    assert server.expects_mechanism
+    client.feed(server.accept(link_key.public_der))
+    out = client.data_to_send()
+    assert len(out) == 4 + 128 and out[:4] == b"\x01\x00\x00\x00"
+
+
+def test_lz4_negotiation(link_key: LinkKey) -> None:
+    client = ClientLink(7, ChannelType.USBREDIR, 0, [VmcCap.DATA_COMPRESS_LZ4])
+    server = ServerLink()
+    linked = run_link(link_key, client, server)
+    assert linked.peer_lz4 and client.peer_lz4 and server.peer_lz4
+    # spice-gtk port channels send no channel caps: the server must not compress
+    client = ClientLink(7, ChannelType.PORT, 0)
+    server = ServerLink()
+    linked = run_link(link_key, client, server)
+    assert linked.peer_lz4 and not server.peer_lz4
+    # bit 0 on the main channel is SEMI_SEAMLESS_MIGRATE, not LZ4
+    client = ClientLink(0, ChannelType.MAIN, 0, [0])
+    server = ServerLink()
+    assert not run_link(link_key, client, server).peer_lz4 and not server.peer_lz4
+
+
+def test_server_trailing_data_after_ticket(link_key: LinkKey) -> None:
+    client = ClientLink(0, ChannelType.MAIN, 0)
+    server = ServerLink()
+    server.feed(client.initiate())
+    client.feed(server.accept(link_key.public_der))
+    (ev,) = server.feed(client.data_to_send() + b"\x68\x00\x00")
+    assert isinstance(ev, TicketReceived)
+    server.feed(b"\x00\x00\x00")
+    assert server.result(LinkError.OK) == bytes(4)
+    assert server.done and server.trailing == b"\x68\x00\x00\x00\x00\x00"
+    server.feed(b"more")
+    assert server.trailing.endswith(b"more")
+
+
+def test_pipelined_mechanism_and_ticket_before_accept(link_key: LinkKey) -> None:
+    # spice-html5 style: the client's bytes may already be buffered at accept()
+    server = ServerLink()
+    client = ClientLink(0, ChannelType.MAIN, 0)
+    ticket = (1).to_bytes(4, "little") + bytes(128)
+    (req,) = server.feed(client.initiate() + ticket)
+    assert isinstance(req, LinkRequest)
+    server.accept(link_key.public_der)
+    (ev,) = server.pending_events()
+    assert isinstance(ev, TicketReceived) and ev.ticket == bytes(128)
+    assert server.result(LinkError.PERMISSION_DENIED) == b"\x07\x00\x00\x00"
+    assert not server.done
+
+
+def test_machines_refuse_out_of_order_calls(link_key: LinkKey) -> None:
+    server = ServerLink()
+    with pytest.raises(RuntimeError):
+        server.accept(link_key.public_der)
+    with pytest.raises(RuntimeError):
+        server.result(LinkError.OK)
+    with pytest.raises(RuntimeError):
+        server.refuse(LinkError.ERROR)
+
+
+def test_client_failures() -> None:
+    with pytest.raises(ValueError):
+        ClientLink(0, ChannelType.MAIN, 0, password="x" * 61)
+    from trivmc.protocol import LinkReply, encode_reply, error_reply
+
+    # a server that advertises AUTH_SELECTION but no mechanism the client knows
+    client = ClientLink(0, ChannelType.MAIN, 0)
+    client.initiate()
+    reply = LinkReply(0, bytes(162), (1 << CommonCap.PROTOCOL_AUTH_SELECTION,), ())
+    (ev,) = client.feed(encode_reply(reply))
+    assert isinstance(ev, LinkFailed) and ev.code == LinkError.INVALID_DATA
+    # a key that is not RSA-1024
+    client = ClientLink(0, ChannelType.MAIN, 0, common_caps=[CommonCap.AUTH_SPICE])
+    (ev,) = client.feed(encode_reply(LinkReply(0, b"\x30" + bytes(161))))
+    assert isinstance(ev, LinkFailed) and ev.code == LinkError.INVALID_DATA
+    # an error code this package does not know maps to ERROR
+    client = ClientLink(0, ChannelType.MAIN, 0)
+    (ev,) = client.feed(error_reply(LinkError.OK)[:16] + (77).to_bytes(4, "little") + bytes(174))
+    assert isinstance(ev, LinkFailed) and ev.code == LinkError.ERROR
+    assert client.feed(b"ignored after failure") == []
+
+
+def test_client_result_codes(link_key: LinkKey) -> None:
+    for code in (LinkError.BAD_CONNECTION_ID, LinkError.CHANNEL_NOT_AVAILABLE):
+        client = ClientLink(12345, ChannelType.PORT, 0)
+        client.initiate()
+        server = ServerLink()
+        server.feed(client.initiate())
+        client.feed(server.accept(link_key.public_der))
+        server.feed(client.data_to_send())
+        (ev,) = client.feed(server.result(code))
+        assert isinstance(ev, LinkFailed) and ev.code == code
+
+
+def test_key_pool_refill_n() -> None:
+    pool = KeyPool(3)
+    assert pool.refill(1) == 1 and len(pool) == 1
+    assert pool.refill() == 2 and len(pool) == 3
+    assert pool.refill() == 0
+
+
+def test_verify_ticket_needs_now_with_expiry(link_key: LinkKey) -> None:
+    t = encrypt_ticket(link_key.public_der, "pw")
+    with pytest.raises(ValueError):
+        verify_ticket(link_key, t, "pw", expiry=1.0)
+    assert verify_ticket(link_key, t, "pw") == LinkError.OK  # str passwords too
+    assert verify_ticket(link_key, t[:100], None) == LinkError.PERMISSION_DENIED
+    # only the bytes before the first NUL count; no password sends the plaintext NUL
+    assert verify_ticket(link_key, encrypt_ticket(link_key.public_der, None), b"") == (
+        LinkError.PERMISSION_DENIED
+    )
+    assert verify_ticket(link_key, encrypt_ticket(link_key.public_der, ""), None) == (LinkError.OK)
