@@ -105,6 +105,7 @@ class CharDevice:
         self._send, self._recv = trio.open_memory_channel[WriteBuffer](math.inf)
         self._queued = 0  # buffers added and not yet done with by the writer
         self._retry_first = False  # the queued head was partly written inline
+        self._inline_reading = False
         self._writable = _Flag()
         self._readable = _Flag()
         self._running = True
@@ -229,8 +230,34 @@ class CharDevice:
     # ---- device -> client ------------------------------------------------------
 
     def wakeup(self) -> None:
-        """The instance may have data to read (spice_server_char_device_wakeup)."""
+        """The instance may have data to read (spice_server_char_device_wakeup).
+
+        Like spice-server, it reads at once, inside this call, when a client is attached,
+        the device runs and the reader task is idle; the reader task takes over when the
+        client's queue reaches its limit."""
+        client = self._client
+        if client is not None and self._running and self._reader_scope is None:
+            if not self._inline_reading:
+                self._inline_reading = True
+                try:
+                    if not self._read_now(client):
+                        return
+                finally:
+                    self._inline_reading = False
         self._readable.set()
+
+    def _read_now(self, client: DeviceClient) -> bool:
+        """Read for `client` until the instance is empty (False) or the client's queue
+        is at its limit (True: the reader task must wait and go on)."""
+        while self._client is client:
+            if client.queued_bytes >= self.client_queue_limit:
+                return True
+            data = self.instance.read(self.max_read)
+            if not data:
+                return False
+            self.stats.out_data += len(data)
+            client.push_device_data(data)
+        return False
 
     async def _reader(self) -> None:
         while True:
