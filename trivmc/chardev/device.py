@@ -236,14 +236,14 @@ class CharDevice:
         the device runs and the reader task is idle; the reader task takes over when the
         client's queue reaches its limit."""
         client = self._client
-        if client is not None and self._running and self._reader_scope is None:
-            if not self._inline_reading:
-                self._inline_reading = True
-                try:
-                    if not self._read_now(client):
-                        return
-                finally:
-                    self._inline_reading = False
+        idle = self._reader_scope is None and not self._inline_reading
+        if client is not None and self._running and idle:
+            self._inline_reading = True
+            try:
+                if not self._read_now(client):
+                    return
+            finally:
+                self._inline_reading = False
         self._readable.set()
 
     def _read_now(self, client: DeviceClient) -> bool:
