@@ -304,3 +304,14 @@ def test_verify_ticket_needs_now_with_expiry(link_key: LinkKey) -> None:
         LinkError.PERMISSION_DENIED
     )
     assert verify_ticket(link_key, encrypt_ticket(link_key.public_der, ""), None) == (LinkError.OK)
+
+
+def test_bad_magic_refused_after_four_bytes() -> None:
+    server = ServerLink()
+    assert server.feed(b"RE") == []
+    (ev,) = server.feed(b"DX")
+    assert isinstance(ev, LinkFailed) and ev.code == LinkError.INVALID_MAGIC
+    assert ev.data[16:20] == b"\x02\x00\x00\x00"
+    assert ServerLink().feed(b"GET") == []
+    (ev,) = ServerLink().feed(b"GET /")  # e.g. an HTTP request
+    assert isinstance(ev, LinkFailed) and ev.code == LinkError.INVALID_MAGIC

@@ -6,19 +6,32 @@ import lz4.block
 
 from trivmc.protocol import (
     ChannelType,
+    ClientLink,
+    CommonCap,
     LinkError,
     LinkHeader,
     LinkMess,
     LinkReply,
+    LinkRequest,
     MainChannelsList,
     MainInit,
     MainName,
+    MessageDecoder,
     MessageEncoder,
+    MsgcCommon,
+    MsgCommon,
+    MsgcVmc,
     MsgMain,
     MsgVmc,
+    Notify,
+    Ping,
+    Pong,
     PortEventMsg,
     PortInit,
     ServerLink,
+    TicketReceived,
+    VmcCap,
+    VmcData,
     compress_body,
     decompress_body,
     error_reply,
@@ -51,10 +64,10 @@ def test_port_link_mess_bytes() -> None:
 def test_server_reply_layout(link_key) -> None:  # type: ignore[no-untyped-def]
     reply = LinkReply(0, link_key.public_der, (0x0B,), (0x0F,)).encode()
     wire = LinkHeader(len(reply)).encode() + reply
-    assert wire[:16] == H("52454451020000000200000 0ba000000".replace(" ", ""))
+    assert wire[:16] == H("524544510200000002000000ba000000")
     assert wire[16:20] == bytes(4)
     assert wire[20:38] == H("30819f300d06092a864886f70d010101050003818d00")[:18]
-    assert wire[20 + 162 :] == H("01000000010000 00b20000000b0000000f000000".replace(" ", ""))
+    assert wire[20 + 162 :] == H("0100000001000000b20000000b0000000f000000")
     assert LinkReply.decode(reply) == LinkReply(0, link_key.public_der, (0x0B,), (0x0F,))
 
 
@@ -75,9 +88,7 @@ def test_main_messages() -> None:
     enc = MessageEncoder(mini_header=True)
     init = MainInit(0x331DD668, 0, 1, 1, 0, 10, 0x007E822E, 0)
     assert enc.encode(MsgMain.INIT, init.encode()) == H(
-        "6700200000006 8d61d33000000000100000001000000000000000a0000002e827e0000000000".replace(
-            " ", ""
-        )
+        "67002000000068d61d33000000000100000001000000000000000a0000002e827e0000000000"
     )
     assert MainInit.decode(init.encode()) == init
     assert enc.encode(MsgMain.CHANNELS_LIST, MainChannelsList(((10, 0),)).encode()) == H(
@@ -113,3 +124,79 @@ def test_compressed_data_example() -> None:
     assert body[:5] == H("0100080000") and len(body) - 5 == 273
     assert body[5:] == lz4.block.compress(data, store_size=False)
     assert decompress_body(body, 1 << 20) == data
+
+
+def test_spice_gtk_main_link_mess_from_client_machine() -> None:
+    gtk = ClientLink(
+        0,
+        ChannelType.MAIN,
+        0,
+        channel_caps=[0, 1, 2, 3],
+        common_caps=[CommonCap.PROTOCOL_AUTH_SELECTION, CommonCap.AUTH_SASL, 3],
+    )
+    assert gtk.initiate() == H(
+        "5245445102000000020000001a0000000000000001000100000001000000120000000d0000000f000000"
+    )
+
+
+def test_server_accept_bytes_match_section_9(link_key) -> None:  # type: ignore[no-untyped-def]
+    tail = "01000000 01000000 b2000000 0b000000".replace(" ", "")
+    for mess, caps, channel_word in (
+        (ClientLink(0, ChannelType.MAIN, 0, [0, 1, 2, 3]), [0, 1, 2, 3], "0f000000"),
+        (ClientLink(0x331DD668, ChannelType.PORT, 0), [VmcCap.DATA_COMPRESS_LZ4], "01000000"),
+    ):
+        server = ServerLink()
+        (req,) = server.feed(mess.initiate())
+        assert isinstance(req, LinkRequest)
+        out = server.accept(link_key.public_der, caps)
+        assert out[:20] == H("524544510200000002000000ba000000") + bytes(4)
+        assert out[20:182] == link_key.public_der
+        assert out[182:] == H(tail + channel_word)
+        # the client answers with mechanism AUTH_SPICE then the 128-byte ticket
+        mess.feed(out)
+        sent = mess.data_to_send()
+        assert sent[:4] == H("01000000") and len(sent) == 132
+        (ticket,) = server.feed(sent)
+        assert isinstance(ticket, TicketReceived)
+        assert server.result(LinkError.OK) == H("00000000")
+
+
+def test_public_key_der_prefix(link_key) -> None:  # type: ignore[no-untyped-def]
+    der = link_key.public_der
+    assert len(der) == 162
+    assert der[:22] == H("30819f300d06092a864886f70d010101050003818d00")
+    assert der[22:29] == H("30818902818100")
+    assert der[-5:] == H("0203010001")
+
+
+def test_ping_pong_vectors() -> None:
+    ping_wire = H("04000c000000010000001" + "4a032ee01000000")
+    (msg,) = MessageDecoder(True, 100).feed(ping_wire)
+    ping = Ping.decode(msg.body)
+    assert msg.type == MsgCommon.PING and (ping.id, ping.timestamp) == (1, 0x1EE32A014)
+    pong = MessageEncoder(True).encode(MsgcCommon.PONG, Pong(ping.id, ping.timestamp).encode())
+    assert pong == H("03000c000000010000001" + "4a032ee01000000")
+    padded = Ping(3, 5, 256_000).encode()
+    assert len(padded) == 256_012 and Ping.decode(padded).padding == 256_000
+
+
+def test_main_init_decodes_from_wire() -> None:
+    body = H("68d61d3300000000010000000100000000000000" + "0a0000002e827e0000000000")
+    init = MainInit.decode(body)
+    assert init.session_id == 0x331DD668 and init.agent_tokens == 10
+    assert init.multi_media_time == 0x7E822E and init.encode() == body
+
+
+def test_data_and_notify_sizes() -> None:
+    wire = H("650014000000") + b"hello from spice-gtk"
+    (msg,) = MessageDecoder(True, 1 << 24).feed(wire)
+    assert msg.type == MsgcVmc.DATA and VmcData.decode(msg.body).encode() == wire[6:]
+    note = Notify(0, 1, 2, 0, b"x" * 28).encode()
+    assert len(note) == 24 + 28 + 1 and note[20:24] == (28).to_bytes(4, "little")
+
+
+def test_compressed_data_message_bytes() -> None:
+    body = compress_body(bytes(range(256)) * 8)
+    assert body is not None
+    wire = MessageEncoder(True).encode(MsgVmc.COMPRESSED_DATA, body)
+    assert wire[:16] == H("660016010000" + "01" + "00080000" + "fff1000102")

@@ -236,6 +236,12 @@ class LinkFailed:
 LinkEvent = LinkRequest | TicketReceived | LinkReplyReceived | Linked | LinkFailed
 
 
+def _magic_ok(buf: bytearray) -> bool:
+    """False once 4 bytes are in and they are not "REDQ" (spice-server reads the magic
+    alone; a caller sniffing for WebSocket sees "GET " complete first)."""
+    return len(buf) < 4 or buf[:4] == MAGIC
+
+
 class _S(enum.Enum):
     HEADER = enum.auto()
     BODY = enum.auto()
@@ -306,6 +312,9 @@ class ServerLink:
                 self.trailing += bytes(data)
             return []
         self._buf += data
+        if self._state is _S.HEADER and not _magic_ok(self._buf):
+            # spice-server reads the 4 magic bytes alone: refuse without waiting for 16
+            return [self._fail(LinkError.INVALID_MAGIC, f"bad magic {bytes(self._buf[:4])!r}")]
         events: list[LinkEvent] = []
         while len(self._buf) >= self._need and self._state not in (_S.DECIDE, _S.RESULT):
             chunk = bytes(self._buf[: self._need])
