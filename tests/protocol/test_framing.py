@@ -95,3 +95,6 @@ def test_non_byte_memoryview_input() -> None:
     arr = array.array("H", wire)  # 14 bytes, itemsize 2
     (msg,) = MessageDecoder(True, 100).feed(memoryview(arr))
     assert bytes(msg.body) == b"abcd" * 2
+    strided = memoryview(bytes(b for x in wire for b in (x, 0)))[::2]
+    (msg,) = MessageDecoder(True, 100).feed(strided)
+    assert bytes(msg.body) == b"abcd" * 2

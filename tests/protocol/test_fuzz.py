@@ -10,6 +10,7 @@ from trivmc.protocol import (
     FULL_HEADER_SIZE,
     MINI_HEADER_SIZE,
     ClientLink,
+    LinkHeader,
     LinkMess,
     LinkReply,
     MessageDecoder,
@@ -25,6 +26,7 @@ chunks = st.lists(st.binary(max_size=300), max_size=30)
 CODECS = [
     m.SetAck, m.Ping, m.Pong, m.AckSync, m.Ack, m.Notify, m.Disconnecting, m.WaitForChannels,
     m.MainInit, m.MainAttachChannels, m.MainChannelsList, m.MainName, m.VmcData,
+    m.MainUuid, m.MainMouseMode, m.MainMouseModeRequest,
     m.VmcCompressedData, m.PortInit, m.PortEventMsg, m.VmcMigrateDataHeader,
 ]  # fmt: skip
 
@@ -108,7 +110,7 @@ def test_server_link_machine(parts: list[bytes]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=400))
 def test_link_codecs(data: bytes) -> None:
-    for codec in (LinkMess, LinkReply):
+    for codec in (LinkHeader, LinkMess, LinkReply):
         try:
             codec.decode(data)
         except ProtocolError:

@@ -99,7 +99,7 @@ class MessageDecoder:
         if self._error is not None:
             raise self._error
         view = memoryview(chunk)
-        if view.ndim != 1 or view.itemsize != 1:
+        if view.ndim != 1 or view.itemsize != 1 or not view.c_contiguous:
             view = memoryview(view.tobytes())
         out: list[Message] = []
         n = len(view)

@@ -172,6 +172,34 @@ class MainInit(_Fixed):
 
 
 @dataclass(frozen=True, slots=True)
+class MainMouseMode(_Fixed):
+    """MAIN_MOUSE_MODE: u16 supported modes, u16 current mode (1 SERVER, 2 CLIENT)."""
+
+    TYPE: ClassVar[int] = MsgMain.MOUSE_MODE
+    _S: ClassVar[struct.Struct] = struct.Struct("<HH")
+    supported_modes: int = 1
+    current_mode: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class MainMouseModeRequest(_Fixed):
+    """Client MAIN_MOUSE_MODE_REQUEST: u16 mode."""
+
+    TYPE: ClassVar[int] = MsgcMain.MOUSE_MODE_REQUEST
+    _S: ClassVar[struct.Struct] = struct.Struct("<H")
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class MainUuid(_Fixed):
+    """MAIN_UUID: 16 bytes."""
+
+    TYPE: ClassVar[int] = MsgMain.UUID
+    _S: ClassVar[struct.Struct] = struct.Struct("<16s")
+    uuid: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class MainAttachChannels:
     TYPE: ClassVar[int] = MsgcMain.ATTACH_CHANNELS
 
