@@ -16,9 +16,8 @@ from ..protocol import (
     PortEventMsg,
     PortInit,
     ProtocolError,
-    compress_body,
     decompress_body,
-    should_compress,
+    vmc_payload,
 )
 
 if TYPE_CHECKING:
@@ -132,14 +131,9 @@ class VmcChannel(trio.abc.HalfCloseableStream):
         parts: list[bytes] = []
         enc = self.conn.encoder
         for off in range(0, len(view), SEND_CHUNK):
-            chunk = view[off : off + SEND_CHUNK]
-            body = None
-            if should_compress(self.lz4_out, len(chunk), self.is_unix):
-                body = compress_body(chunk)
-            if body is not None:
-                parts.append(enc.encode(MsgcVmc.COMPRESSED_DATA, body))
-            else:
-                parts.append(enc.encode(MsgcVmc.DATA, chunk))
+            # the client-side ids of DATA and COMPRESSED_DATA equal the server-side ones
+            mtype, body = vmc_payload(view[off : off + SEND_CHUNK], self.lz4_out, self.is_unix)
+            parts.append(enc.encode(mtype, body))
         try:
             await self.conn.send_raw(b"".join(parts))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:

@@ -181,7 +181,7 @@ class MessageConnection:
                 return msg
             data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
-                if self.decoder.buffered:
+                if self.decoder.pending:
                     raise ProtocolError("server closed in the middle of a message")
                 return None
             self._pending = self.decoder.feed(data)

@@ -168,7 +168,7 @@ class ChannelClient:
         while True:
             data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
-                if self.decoder.buffered:
+                if self.decoder.pending:
                     log.info("%s: peer closed in the middle of a message", self.name)
                 return
             self.bytes_in += len(data)

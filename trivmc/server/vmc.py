@@ -21,9 +21,8 @@ from ..protocol import (
     PortEventMsg,
     PortInit,
     VmcCap,
-    compress_body,
     decompress_body,
-    should_compress,
+    vmc_payload,
 )
 from ..protocol.messages import Body
 from .channel import ChannelClient, ChannelOptions, UnknownMessage
@@ -46,14 +45,12 @@ class VmcChannelClient(ChannelClient):
 
     def push_device_data(self, data: bytes) -> None:
         stats = self.channel.device.stats
-        if should_compress(self.peer_lz4, len(data), self.is_unix):
-            body = compress_body(data)
-            if body is not None:
-                stats.out_compressed += len(body)
-                self.send(MsgVmc.COMPRESSED_DATA, body)
-                return
-        stats.out_uncompressed += len(data)
-        self.send(MsgVmc.DATA, data)
+        mtype, body = vmc_payload(data, self.peer_lz4, self.is_unix)
+        if mtype == MsgVmc.COMPRESSED_DATA:
+            stats.out_compressed += len(body)
+        else:
+            stats.out_uncompressed += len(body)
+        self.send(mtype, body)
 
     async def handle_message(self, mtype: int, body: Body) -> None:
         device = self.channel.device
