@@ -176,3 +176,21 @@ async def test_trivmc_connect_listen_exposes_the_channel() -> None:
             proc.kill()
             await proc.wait()
     assert server.channels[(10, 0)].clients_served >= 2
+
+
+@pytest.mark.parametrize("which", [["--usbredir", "0"], ["--webdav"]])
+async def test_trivmc_connect_stdio_usbredir_and_webdav(which: list[str]) -> None:
+    import sys
+
+    server = make_server()
+    server.add_webdav(EchoBackend())
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        payload = os.urandom(200_000)
+        cmd = [sys.executable, "-m", "trivmc", "connect", f"spice://{host}:{port}", *which]
+        with trio.fail_after(60):
+            proc = await trio.run_process(
+                [*cmd, "--linger", "3"], stdin=payload, capture_stdout=True, check=False
+            )
+    assert proc.returncode == 0
+    assert proc.stdout == payload  # binary safe, in order, through the echo device
