@@ -194,3 +194,30 @@ async def test_trivmc_connect_stdio_usbredir_and_webdav(which: list[str]) -> Non
             )
     assert proc.returncode == 0
     assert proc.stdout == payload  # binary safe, in order, through the echo device
+
+
+async def test_trivmc_connect_exits_after_stdin_ends_late() -> None:
+    """stdin ends only after every echoed byte came back: it must still exit (linger)."""
+    import sys
+
+    server = make_server()
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        cmd = [sys.executable, "-m", "trivmc", "connect", f"spice://{host}:{port}"]
+        cmd += ["--port", ECHO, "--linger", "0.5"]
+        proc = await trio.lowlevel.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            await proc.stdin.send_all(b"all of it")
+            got = b""
+            with trio.fail_after(30):
+                while len(got) < 9:
+                    got += await proc.stdout.receive_some()
+            assert got == b"all of it"
+            await proc.stdin.aclose()  # stdin ends after the data is all back
+            with trio.fail_after(30):
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -70,27 +70,29 @@ async def pump(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream) -> None:
 
 
 async def bridge_stdio(channel: VmcChannel, linger: float) -> None:
+    """Copy stdin to the channel and the channel to stdout. After stdin ends, exit once
+    the channel has been quiet for `linger` seconds (or when the server closes it)."""
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
-    stdin_done = trio.Event()
+    last_data = trio.current_time()
     async with stdin, stdout, trio.open_nursery() as nursery:
 
+        async def linger_then_stop() -> None:
+            while (left := last_data + linger - trio.current_time()) > 0:
+                await trio.sleep(left)
+            nursery.cancel_scope.cancel()
+
         async def upstream() -> None:
+            nonlocal last_data
             await pump(stdin, channel)
             await channel.send_eof()
-            stdin_done.set()
+            last_data = max(last_data, trio.current_time())
+            nursery.start_soon(linger_then_stop)
 
         async def downstream() -> None:
-            while True:
-                if stdin_done.is_set():
-                    with trio.move_on_after(linger) as quiet:
-                        data = await channel.receive_some(COPY_SIZE)
-                    if quiet.cancelled_caught:
-                        break
-                else:
-                    data = await channel.receive_some(COPY_SIZE)
-                if not data:
-                    break
+            nonlocal last_data
+            while data := await channel.receive_some(COPY_SIZE):
+                last_data = trio.current_time()
                 await stdout.send_all(data)
             nursery.cancel_scope.cancel()
 
