@@ -41,6 +41,7 @@ from ..protocol import (
     ProtocolError,
     SetAck,
     VmcCap,
+    has_cap,
 )
 from .channel import VmcChannel
 
@@ -283,7 +284,7 @@ class Session:
         linked = await link_channel(
             self.address, self.session_id, channel_type, channel_id, caps, self.password
         )
-        lz4_out = self.lz4 and VmcCap.DATA_COMPRESS_LZ4 in _bits(linked.peer_channel_caps)
+        lz4_out = self.lz4 and has_cap(linked.peer_channel_caps, VmcCap.DATA_COMPRESS_LZ4)
         channel = VmcChannel(
             MessageConnection(linked),
             channel_type,
@@ -326,10 +327,6 @@ class Session:
         if self.main is not None:
             await trio.aclose_forcefully(self.main.stream)
         self.closed = True
-
-
-def _bits(words: tuple[int, ...]) -> set[int]:
-    return {w * 32 + b for w, word in enumerate(words) for b in range(32) if word >> b & 1}
 
 
 def _single(exc: BaseExceptionGroup[BaseException]) -> BaseException | None:
