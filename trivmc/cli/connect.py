@@ -24,6 +24,8 @@ examples:
       --port org.qemu.monitor.qmp.0
   trivmc connect spice://127.0.0.1:5930 --port org.qemu.console.serial.0 --listen 127.0.0.1:4444
   SPICE_PASSWORD=s3cret trivmc connect spice://vmhost:5900 --usbredir 0 --listen 127.0.0.1:4000
+  trivmc connect 'spice://vmhost?port=5900&tls-port=5901' --ca-file ca-cert.pem --port NAME
+      channels the server wants secure are linked on the TLS port (certificate verified)
 """
 
 COPY_SIZE = 256 * 1024
@@ -38,13 +40,28 @@ def add_parser(sub: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("uri", help="spice://HOST:PORT or spice+unix:///PATH")
+    p.add_argument(
+        "uri",
+        help="spice://HOST:PORT, spice://HOST?port=P&tls-port=T, spice+tls://HOST:T, "
+        "ws://HOST:PORT or spice+unix:///PATH",
+    )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--port", metavar="NAME", help="a port channel, by name")
     which.add_argument("--usbredir", type=int, metavar="ID", help="usbredir channel ID")
     which.add_argument("--webdav", action="store_true", help="the webdav channel")
     p.add_argument("--listen", metavar="HOST:PORT", help="serve the channel on a local listener")
     p.add_argument("--password", help="ticket (default: $SPICE_PASSWORD)")
+    p.add_argument(
+        "--tls-port",
+        type=int,
+        metavar="PORT",
+        help="the server's TLS port: channels that need TLS are linked there",
+    )
+    p.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="CA certificate(s) that verify the server (default: the system's store)",
+    )
     p.add_argument(
         "--linger",
         type=float,
@@ -129,7 +146,13 @@ async def bridge_pair(a: trio.abc.Stream, b: trio.abc.Stream) -> None:
 
 async def main_async(args: argparse.Namespace) -> int:
     password = args.password if args.password is not None else os.environ.get("SPICE_PASSWORD")
-    async with connect(args.uri, password, lz4=not args.no_lz4) as session:
+    async with connect(
+        args.uri,
+        password,
+        lz4=not args.no_lz4,
+        tls_port=args.tls_port,
+        ca_file=args.ca_file,
+    ) as session:
         if args.listen:
             await serve_listener(session, args)
             return 0
@@ -152,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
             (1, (LookupError, ValueError, OSError, trio.BrokenResourceError)),
         ):
             if all(isinstance(x, kinds) for x in leaves):
-                print(f"trivmc connect: {'; '.join(map(str, leaves))}", file=sys.stderr)
+                why = "; ".join(str(x.__cause__ or x) for x in leaves)
+                print(f"trivmc connect: {why}", file=sys.stderr)
                 return code
         raise

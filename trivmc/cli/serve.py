@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import ssl
 import sys
 import tomllib
 from typing import Any
@@ -12,8 +13,9 @@ import trio
 
 from ..backends import BackendSpecError, parse_backend
 from ..server import Server, ServerConfig
-from ..server.config import DEFAULT_PORT
+from ..server.config import DEFAULT_PORT, parse_channel_names
 from ..server.server import format_address, leaf_exceptions
+from ..transport import server_tls_context
 
 log = logging.getLogger("trivmc.serve")
 
@@ -70,6 +72,23 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--usbredir", action="append", metavar="BACKEND", default=None)
     p.add_argument("--port", action="append", metavar="NAME=BACKEND", default=None)
     p.add_argument("--webdav", metavar="BACKEND")
+    tls = p.add_argument_group("TLS (secure channels)")
+    tls.add_argument("--tls-listen", action="append", metavar="HOST:PORT", default=None)
+    tls.add_argument("--cert", metavar="FILE", help="server certificate (PEM, with its chain)")
+    tls.add_argument("--key", metavar="FILE", help="its private key (PEM; default: in --cert)")
+    tls.add_argument("--ca", metavar="FILE", help="CA certificate(s) completing the chain")
+    tls.add_argument(
+        "--secure-channels",
+        metavar="LIST",
+        help="channels that must use TLS: main,usbredir,port,webdav or all",
+    )
+    tls.add_argument("--plaintext-channels", metavar="LIST", help="channels that must not use TLS")
+    p.add_argument(
+        "--no-websocket",
+        action="store_true",
+        default=None,
+        help="do not answer WebSocket upgrades (spice-html5) on the SPICE ports",
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--stats", type=float, metavar="SECONDS", help="print per-channel counters this often"
@@ -86,7 +105,8 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 CONFIG_KEYS = {
     "listen", "unix", "password", "disable_ticketing", "multi_session",
-    "usbredir", "port", "webdav", "log_level", "stats",
+    "usbredir", "port", "webdav", "log_level", "stats", "tls_listen", "cert", "key",
+    "ca", "secure_channels", "plaintext_channels", "no_websocket",
 }  # fmt: skip
 
 
@@ -97,7 +117,7 @@ def load_config(path: str) -> dict[str, Any]:
     unknown = set(data) - CONFIG_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
-    for key in ("listen", "unix", "usbredir"):
+    for key in ("listen", "unix", "usbredir", "tls_listen"):
         if isinstance(data.get(key), str):
             data[key] = [data[key]]
     if isinstance(data.get("port"), dict):
@@ -120,6 +140,13 @@ def merge_config(args: argparse.Namespace) -> argparse.Namespace:
         ("multi_session", False),
         ("log_level", "INFO"),
         ("stats", None),
+        ("tls_listen", []),
+        ("cert", None),
+        ("key", None),
+        ("ca", None),
+        ("secure_channels", None),
+        ("plaintext_channels", None),
+        ("no_websocket", False),
     ):
         if getattr(args, key) is None:
             setattr(args, key, conf.get(key, default))
@@ -129,16 +156,33 @@ def merge_config(args: argparse.Namespace) -> argparse.Namespace:
 def build_server(args: argparse.Namespace) -> Server:
     """The Server the options describe (the demo when they name no channel/address)."""
     listen = [parse_hostport(x) for x in args.listen]
-    if not listen and not args.unix:
+    if not listen and not args.unix and not args.tls_listen:
         listen = [("127.0.0.1", DEFAULT_PORT)]
     ports = list(args.port)
     if not ports and not args.usbredir and not args.webdav:
         ports = [DEMO_PORT]
+    tls_listen = [parse_hostport(x) for x in args.tls_listen]
+    if tls_listen and not args.cert:
+        raise ValueError("--tls-listen needs --cert (and --key unless the key is in it)")
+    if args.cert and not tls_listen:
+        raise ValueError("--cert given without --tls-listen")
+    try:
+        tls = server_tls_context(args.cert, args.key, args.ca) if args.cert else None
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"cannot load the TLS certificate/key: {e}") from e
+    secure = parse_channel_names(args.secure_channels or "")
+    if secure and not tls_listen:
+        raise ValueError("--secure-channels needs a TLS listener (--tls-listen)")
     config = ServerConfig(
         listen=listen,
         unix=list(args.unix),
         password=None if args.disable_ticketing else args.password,
         multi_session=args.multi_session,
+        tls_listen=tls_listen,
+        tls=tls,
+        secure_channels=secure,
+        plaintext_channels=parse_channel_names(args.plaintext_channels or ""),
+        websocket=not args.no_websocket,
     )
     server = Server(config)
     for spec in args.usbredir:
@@ -153,9 +197,17 @@ def build_server(args: argparse.Namespace) -> Server:
     return server
 
 
-def uri_for(addr: object) -> str:
+def uri_for(addr: object, tls_addr: object = None) -> str:
+    """The spice:// URI a client (remote-viewer) uses for a bound address."""
     if isinstance(addr, str):
         return f"spice+unix://{addr}"
+    if addr is None:
+        assert isinstance(tls_addr, tuple)
+        host = format_address(tls_addr).rpartition(":")[0]
+        return f"spice://{host}?tls-port={tls_addr[1]}"
+    if isinstance(tls_addr, tuple) and tls_addr[0] == addr[0]:  # type: ignore[index]
+        host = format_address(addr).rpartition(":")[0]
+        return f"spice://{host}?port={addr[1]}&tls-port={tls_addr[1]}"  # type: ignore[index]
     return f"spice://{format_address(addr)}"
 
 
@@ -187,10 +239,15 @@ async def serve(server: Server, stats: float | None = None) -> None:
             nursery.start_soon(print_stats, server, stats)
         for addr in addresses:
             print(f"trivmc: serving {uri_for(addr)}", flush=True)
+        for addr in server.tls_addresses:
+            print(f"trivmc: serving TLS {uri_for(None, addr)}", flush=True)
         for ch in server.channels.values():
             print(f"trivmc: channel {ch.label}", flush=True)
+        tls_first = server.tls_addresses[0] if server.tls_addresses else None
         if addresses:
-            print(f"try: remote-viewer {uri_for(addresses[0])}", flush=True)
+            print(f"try: remote-viewer {uri_for(addresses[0], tls_first)}", flush=True)
+        elif tls_first is not None:
+            print(f"try: remote-viewer {uri_for(None, tls_first)}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

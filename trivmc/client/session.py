@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -43,6 +44,7 @@ from ..protocol import (
     VmcCap,
     has_cap,
 )
+from ..transport import client_tls_context, connect_websocket
 from .channel import VmcChannel
 
 log = logging.getLogger(__name__)
@@ -61,43 +63,91 @@ class SpiceLinkError(Exception):
 
 @dataclass(frozen=True)
 class Address:
-    """Where a SPICE server listens: TCP host/port, or a unix socket path."""
+    """Where a SPICE server listens: a plain TCP port and/or a TLS port on `host`, or a
+    unix socket path. `websocket` carries SPICE in WebSocket messages (`ws://`,
+    `wss://`), at `target` on the server."""
 
     host: str | None = None
     port: int | None = None
     path: str | None = None
+    tls_port: int | None = None
+    websocket: bool = False
+    target: str = "/"
 
     @property
     def is_unix(self) -> bool:
         return self.path is not None
 
 
-def parse_uri(uri: str) -> Address:
-    """spice://HOST:PORT, spice://HOST?port=PORT, or spice+unix:///PATH."""
+def _query_port(query: dict[str, list[str]], name: str, uri: str) -> int | None:
+    values = query.get(name)
+    if not values:
+        return None
+    if not values[0].isdigit() or not 0 < int(values[0]) < 65536:
+        raise ValueError(f"bad {name} in {uri!r}")
+    return int(values[0])
+
+
+def parse_uri(uri: str, tls_port: int | None = None) -> Address:
+    """spice://HOST:PORT, spice://HOST?port=PORT&tls-port=TLSPORT (spice-gtk's form),
+    spice+tls://HOST:TLSPORT, spice+unix:///PATH, ws://HOST:PORT[/PATH] or
+    wss://HOST:PORT[/PATH]. `tls_port` adds a TLS port to a spice:// URI."""
     parts = urlsplit(uri)
-    if parts.scheme == "spice+unix":
+    scheme = parts.scheme
+    if scheme == "spice+unix":
         path = parts.path or parts.netloc
         if not path:
             raise ValueError(f"no socket path in {uri!r}")
         return Address(path=path)
-    if parts.scheme != "spice":
-        raise ValueError(f"not a spice:// URI: {uri!r}")
-    port = parts.port
-    if port is None:
-        q = parse_qs(parts.query).get("port")
-        if not q:
+    host = parts.hostname or "127.0.0.1"
+    if scheme in ("ws", "wss"):
+        if parts.port is None:
             raise ValueError(f"no port in {uri!r}")
-        port = int(q[0])
-    return Address(host=parts.hostname or "127.0.0.1", port=port)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if scheme == "wss":
+            return Address(host=host, tls_port=parts.port, websocket=True, target=target)
+        return Address(host=host, port=parts.port, websocket=True, target=target)
+    if scheme == "spice+tls":
+        if parts.port is None:
+            raise ValueError(f"no port in {uri!r}")
+        return Address(host=host, tls_port=parts.port)
+    if scheme != "spice":
+        raise ValueError(f"not a spice:// URI: {uri!r}")
+    query = parse_qs(parts.query)
+    port = parts.port or _query_port(query, "port", uri)
+    tls_port = tls_port or _query_port(query, "tls-port", uri)
+    if port is None and tls_port is None:
+        raise ValueError(f"no port in {uri!r}")
+    return Address(host=host, port=port, tls_port=tls_port)
 
 
-async def open_stream(address: Address) -> trio.SocketStream:
+async def open_stream(
+    address: Address, secure: bool = False, tls: ssl.SSLContext | None = None
+) -> trio.abc.Stream:
+    """Connect to `address`: its TLS port when `secure` (verified with `tls`, else the
+    system's trust store), else its plain port; then the WebSocket upgrade if asked."""
     if address.path is not None:
         return await trio.open_unix_socket(address.path)
-    assert address.host is not None and address.port is not None
-    stream = await trio.open_tcp_stream(address.host, address.port)
+    assert address.host is not None
+    port = address.tls_port if secure else address.port
+    assert port is not None
+    sock = await trio.open_tcp_stream(address.host, port)
     with contextlib.suppress(OSError):
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    stream: trio.abc.Stream = sock
+    try:
+        if secure:
+            ctx = tls or client_tls_context()
+            tls_stream = trio.SSLStream(
+                sock, ctx, server_hostname=address.host, https_compatible=True
+            )
+            await tls_stream.do_handshake()
+            stream = tls_stream
+        if address.websocket:
+            stream = await connect_websocket(stream, address.host, address.target)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
     return stream
 
 
@@ -105,11 +155,12 @@ async def open_stream(address: Address) -> trio.SocketStream:
 class LinkedStream:
     """A linked channel connection: framing negotiated, peer caps known."""
 
-    stream: trio.SocketStream
+    stream: trio.abc.Stream
     mini_header: bool
     peer_common_caps: tuple[int, ...]
     peer_channel_caps: tuple[int, ...]
     trailing: bytes
+    secure: bool = False
 
 
 async def link_channel(
@@ -119,9 +170,39 @@ async def link_channel(
     channel_id: int,
     channel_caps: Sequence[int],
     password: str | None,
+    tls: ssl.SSLContext | None = None,
 ) -> LinkedStream:
-    """Connect and link one channel; raise SpiceLinkError on refusal."""
-    stream = await open_stream(address)
+    """Connect and link one channel; raise SpiceLinkError on refusal.
+
+    The plain port is tried first when there is one. As spice-gtk does, a channel
+    refused with NEED_SECURED is linked again on the TLS port (when known), and one
+    refused with NEED_UNSECURED on the plain port.
+    """
+    secure = address.port is None and address.path is None
+    args = (connection_id, channel_type, channel_id, channel_caps, password, tls)
+    try:
+        return await _link_once(address, secure, *args)
+    except SpiceLinkError as e:
+        if e.code == LinkError.NEED_SECURED and not secure and address.tls_port is not None:
+            log.info("channel %d:%d must be secure: linking on the TLS port", *args[1:3])
+            return await _link_once(address, True, *args)
+        if e.code == LinkError.NEED_UNSECURED and secure and address.port is not None:
+            log.info("channel %d:%d must be plain: linking on the plain port", *args[1:3])
+            return await _link_once(address, False, *args)
+        raise
+
+
+async def _link_once(
+    address: Address,
+    secure: bool,
+    connection_id: int,
+    channel_type: int,
+    channel_id: int,
+    channel_caps: Sequence[int],
+    password: str | None,
+    tls: ssl.SSLContext | None,
+) -> LinkedStream:
+    stream = await open_stream(address, secure, tls)
     try:
         machine = ClientLink(connection_id, channel_type, channel_id, channel_caps, password)
         await stream.send_all(machine.initiate())
@@ -142,6 +223,7 @@ async def link_channel(
                         ev.peer_common_caps,
                         ev.peer_channel_caps,
                         machine.trailing,
+                        secure,
                     )
             out = machine.data_to_send()
             if out:
@@ -208,9 +290,16 @@ class MessageConnection:
 class Session:
     """A linked main channel and the VMC channels opened through it."""
 
-    def __init__(self, address: Address, password: str | None, lz4: bool) -> None:
+    def __init__(
+        self,
+        address: Address,
+        password: str | None,
+        lz4: bool,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.address = address
         self.password = password
+        self.tls = tls
         self.lz4 = lz4 and not address.is_unix
         self.session_id = 0
         self.channels: list[tuple[int, int]] = []
@@ -223,7 +312,7 @@ class Session:
 
     async def _link_main(self) -> None:
         linked = await link_channel(
-            self.address, 0, ChannelType.MAIN, 0, [MainCap.NAME_AND_UUID], self.password
+            self.address, 0, ChannelType.MAIN, 0, [MainCap.NAME_AND_UUID], self.password, self.tls
         )
         self.main = MessageConnection(linked, 1 << 20)
         try:
@@ -282,7 +371,7 @@ class Session:
             raise LookupError(f"the server lists no channel {channel_type}:{channel_id}")
         caps = [VmcCap.DATA_COMPRESS_LZ4] if self.lz4 else []
         linked = await link_channel(
-            self.address, self.session_id, channel_type, channel_id, caps, self.password
+            self.address, self.session_id, channel_type, channel_id, caps, self.password, self.tls
         )
         lz4_out = self.lz4 and has_cap(linked.peer_channel_caps, VmcCap.DATA_COMPRESS_LZ4)
         channel = VmcChannel(
@@ -340,11 +429,21 @@ def _single(exc: BaseExceptionGroup[BaseException]) -> BaseException | None:
 
 @contextlib.asynccontextmanager
 async def connect(
-    uri: str, password: str | None = None, *, lz4: bool = True
+    uri: str,
+    password: str | None = None,
+    *,
+    lz4: bool = True,
+    tls_port: int | None = None,
+    ca_file: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Session]:
-    """Link the main channel of the server at `uri`; yield the Session. On exit every
-    channel it opened is closed. Raises SpiceLinkError when the server refuses."""
-    session = Session(parse_uri(uri), password, lz4)
+    """Link the main channel of the server at `uri` (see `parse_uri`); yield the
+    Session. On exit every channel it opened is closed. Raises SpiceLinkError when the
+    server refuses. TLS verifies the server certificate and host name against
+    `ca_file` (or the system's trust store); `tls` replaces that context entirely."""
+    if tls is None and ca_file is not None:
+        tls = client_tls_context(ca_file)
+    session = Session(parse_uri(uri, tls_port), password, lz4, tls)
     await session._link_main()
     try:
         async with trio.open_nursery() as nursery:

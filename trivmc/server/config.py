@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
+
+from ..protocol import ChannelType, LinkError
 
 DEFAULT_PORT = 5930
 MAX_VMC_MESSAGE = 16 * 1024 * 1024
@@ -27,3 +30,50 @@ class ServerConfig:
     max_main_message: int = MAX_MAIN_MESSAGE
     ping_interval: float | None = None
     key_pool_size: int = 4
+    tls_listen: list[tuple[str, int]] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
+    tls_handshake_timeout: float = 10.0
+    secure_channels: frozenset[ChannelType] = frozenset()
+    plaintext_channels: frozenset[ChannelType] = frozenset()
+    websocket: bool = True
+
+    def __post_init__(self) -> None:
+        both = self.secure_channels & self.plaintext_channels
+        if both:
+            names = ", ".join(sorted(CHANNEL_NAMES[t] for t in both))
+            raise ValueError(f"channels both secure and plaintext: {names}")
+        if self.tls_listen and self.tls is None:
+            raise ValueError("a TLS listener needs a TLS context (certificate and key)")
+
+    def link_security(self, channel_type: int, secure: bool) -> LinkError:
+        """spice-server's security check: NEED_SECURED for a channel that must use TLS
+        and came in plain, NEED_UNSECURED for one that must be plain and came on TLS;
+        a channel in neither set may use either port."""
+        if not secure and channel_type in self.secure_channels:
+            return LinkError.NEED_SECURED
+        if secure and channel_type in self.plaintext_channels:
+            return LinkError.NEED_UNSECURED
+        return LinkError.OK
+
+
+CHANNEL_NAMES = {
+    ChannelType.MAIN: "main",
+    ChannelType.USBREDIR: "usbredir",
+    ChannelType.PORT: "port",
+    ChannelType.WEBDAV: "webdav",
+}
+
+
+def parse_channel_names(text: str) -> frozenset[ChannelType]:
+    """`main,port` or `all` (spice-server's --secure-channels vocabulary) as channel
+    types; raises ValueError naming an unknown one."""
+    by_name = {v: k for k, v in CHANNEL_NAMES.items()}
+    out: set[ChannelType] = set()
+    for name in (n.strip().lower() for n in text.split(",")):
+        if name == "all":
+            out.update(by_name.values())
+        elif name in by_name:
+            out.add(by_name[name])
+        elif name:
+            raise ValueError(f"unknown channel {name!r} (use {', '.join(by_name)} or all)")
+    return frozenset(out)

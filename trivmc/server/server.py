@@ -7,12 +7,14 @@ logged and closed, and nothing else is touched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -32,6 +34,7 @@ from ..protocol import (
     check_password,
     verify_ticket,
 )
+from ..transport import accept_websocket
 from .channel import ChannelOptions
 from .config import ServerConfig
 from .main_channel import MainChannelClient
@@ -41,6 +44,19 @@ from .vmc import VmcChannel, VmcChannelClient, vmc_channel_caps
 log = logging.getLogger(__name__)
 
 LINK_RECEIVE = 4096
+CLOSE_TIMEOUT = 1.0
+SPICE_MAGIC = b"REDQ"
+HTTP_GET = b"GET "
+
+
+@dataclass
+class _Conn:
+    """What a connection came over: for logs, the link policy and the LZ4 rules."""
+
+    peer: str
+    is_unix: bool
+    secure: bool
+    websocket: bool
 
 
 @dataclass
@@ -66,6 +82,8 @@ class Server:
         self.channels: dict[tuple[int, int], VmcChannel] = {}
         self.links_refused = 0
         self.connections = 0
+        self.tls_failures = 0
+        self.tls_addresses: list[object] = []
         self._keys_wanted = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -103,40 +121,45 @@ class Server:
 
     # ---- serving ---------------------------------------------------------------
 
-    async def _listeners(self) -> tuple[list[trio.SocketListener], list[object]]:
-        listeners: list[trio.SocketListener] = []
-        addresses: list[object] = []
-        for host, port in self.config.listen:
-            for lst in await trio.open_tcp_listeners(port, host=host):
-                listeners.append(lst)
-                addresses.append(lst.socket.getsockname()[:2])
+    async def _listeners(self) -> list[tuple[trio.SocketListener, object, bool]]:
+        """(listener, bound address, is TLS) for every configured address."""
+        out: list[tuple[trio.SocketListener, object, bool]] = []
+        for addresses, secure in ((self.config.listen, False), (self.config.tls_listen, True)):
+            for host, port in addresses:
+                for lst in await trio.open_tcp_listeners(port, host=host):
+                    out.append((lst, lst.socket.getsockname()[:2], secure))
         for path in self.config.unix:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             await sock.bind(path)
             sock.listen(128)
-            listeners.append(trio.SocketListener(sock))
-            addresses.append(path)
-        return listeners, addresses
+            out.append((trio.SocketListener(sock), path, False))
+        return out
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[object]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen and serve until cancelled; every task started here ends with it."""
+        """Listen and serve until cancelled; every task started here ends with it.
+
+        The start value lists the plain addresses ((host, port) tuples and unix paths);
+        the TLS ones are in `tls_addresses`.
+        """
         await trio.to_thread.run_sync(self.keys.refill)
-        listeners, addresses = await self._listeners()
+        listeners = await self._listeners()
         if not listeners:
-            raise ValueError("nothing to listen on: give listen or unix addresses")
+            raise ValueError("nothing to listen on: give listen, tls_listen or unix addresses")
+        self.tls_addresses = [addr for _, addr, secure in listeners if secure]
+        addresses = [addr for _, addr, secure in listeners if not secure]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for channel in self.channels.values():
                 nursery.start_soon(channel.run)
             nursery.start_soon(self._keep_keys)
-            for lst in listeners:
-                nursery.start_soon(trio.serve_listeners, self._handle_connection, [lst])
-            for addr in addresses:
-                log.info("listening on %s", format_address(addr))
+            for lst, addr, secure in listeners:
+                handler = functools.partial(self._handle_connection, secure=secure)
+                nursery.start_soon(trio.serve_listeners, handler, [lst])
+                log.info("listening on %s%s", format_address(addr), " (TLS)" if secure else "")
             task_status.started(addresses)
         self._nursery = None
 
@@ -156,49 +179,119 @@ class Server:
 
     # ---- one connection --------------------------------------------------------
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def _handle_connection(self, sock: trio.SocketStream, *, secure: bool = False) -> None:
         self.connections += 1
-        is_unix = stream.socket.family == socket.AF_UNIX
-        peer = "unix" if is_unix else format_address(stream.socket.getpeername())
+        is_unix = sock.socket.family == socket.AF_UNIX
+        peer = "unix" if is_unix else format_address(sock.socket.getpeername())
         if not is_unix:
             with contextlib.suppress(OSError):
-                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        conn = _Conn(peer + (" tls" if secure else ""), is_unix, secure, websocket=False)
+        stream: trio.abc.Stream = sock
         try:
-            async with stream:
-                linked = None
-                with trio.move_on_after(self.config.link_timeout) as link_scope:
-                    linked = await self._link(stream, peer)
-                if link_scope.cancelled_caught:
-                    log.info(
-                        "%s: link not finished in %.0f s: dropped", peer, self.config.link_timeout
-                    )
-                if linked is not None:
-                    await self._run_channel(stream, linked, peer, is_unix)
+            if secure:
+                assert self.config.tls is not None
+                tls = await self._tls_handshake(sock, conn)
+                if tls is None:
+                    return
+                stream = tls
+            linked = None
+            with trio.move_on_after(self.config.link_timeout) as link_scope:
+                stream, initial = await self._sniff(stream, conn)
+                if initial is not None:
+                    linked = await self._link(stream, conn, initial)
+            if link_scope.cancelled_caught:
+                log.info(
+                    "%s: link not finished in %.0f s: dropped", conn.peer, self.config.link_timeout
+                )
+            if linked is not None:
+                await self._run_channel(stream, linked, conn)
         except Exception as e:
-            log_connection_error(peer, e)
+            log_connection_error(conn.peer, e)
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await stream.aclose()
+
+    async def _tls_handshake(
+        self, sock: trio.SocketStream, conn: _Conn
+    ) -> trio.SSLStream[Any] | None:
+        """The TLS server handshake, bounded by `tls_handshake_timeout`; None (logged)
+        when it fails or stalls."""
+        assert self.config.tls is not None
+        tls = trio.SSLStream(sock, self.config.tls, server_side=True, https_compatible=True)
+        try:
+            with trio.move_on_after(self.config.tls_handshake_timeout):
+                await tls.do_handshake()
+                return tls
+            log.warning(
+                "%s: TLS handshake not finished in %.0f s: dropped",
+                conn.peer,
+                self.config.tls_handshake_timeout,
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            self.tls_failures += 1
+            log.warning("%s: TLS handshake failed: %s", conn.peer, e.__cause__ or e)
+            return None
+        self.tls_failures += 1
+        return None
+
+    async def _sniff(
+        self, stream: trio.abc.Stream, conn: _Conn
+    ) -> tuple[trio.abc.Stream, bytes | None]:
+        """Read the first bytes: `GET ` starts a WebSocket upgrade (the stream returned
+        is then the WebSocket one), anything else is the SPICE link. The bytes read are
+        returned (None when the peer closed first)."""
+        initial = b""
+        while len(initial) < 4 and (
+            initial == SPICE_MAGIC[: len(initial)] or initial == HTTP_GET[: len(initial)]
+        ):
+            data = await stream.receive_some(LINK_RECEIVE)
+            if not data:
+                log.info("%s: closed before the link", conn.peer)
+                return stream, None
+            initial += data
+        if self.config.websocket and initial.startswith(HTTP_GET):
+            ws = await accept_websocket(stream, initial)
+            conn.websocket = True
+            conn.peer += " websocket"
+            log.info("%s: WebSocket upgrade accepted", conn.peer)
+            return ws, b""
+        return stream, initial
 
     def _refuse(self, peer: str, code: LinkError, why: str) -> None:
         self.links_refused += 1
         log.warning("%s: link refused (%s): %s", peer, code.name, why)
 
-    def _check_channel(self, mess: LinkMess) -> LinkError:
+    def _check_channel(self, mess: LinkMess, conn: _Conn) -> LinkError:
         if mess.channel_type == ChannelType.MAIN:
             return LinkError.OK if mess.channel_id == 0 else LinkError.CHANNEL_NOT_AVAILABLE
         if (mess.channel_type, mess.channel_id) not in self.channels:
             return LinkError.CHANNEL_NOT_AVAILABLE
+        if conn.websocket and mess.channel_type == ChannelType.USBREDIR:
+            return LinkError.CHANNEL_NOT_AVAILABLE  # not offered to browsers
         return LinkError.OK
 
-    async def _link(self, stream: trio.SocketStream, peer: str) -> _Linked | None:
+    def _channels_for(self, conn: _Conn) -> Callable[[], list[tuple[int, int]]]:
+        """What CHANNELS_LIST offers: every channel, but usbredir only off WebSocket."""
+        if not conn.websocket:
+            return self.channel_list
+        return lambda: [c for c in self.channel_list() if c[0] != ChannelType.USBREDIR]
+
+    async def _link(self, stream: trio.abc.Stream, conn: _Conn, initial: bytes) -> _Linked | None:
+        peer = conn.peer
         machine = ServerLink()
         key = self.keys.take()
         self._keys_wanted.set()
         mess: LinkMess | None = None
+        data = initial
         while True:
-            data = await stream.receive_some(LINK_RECEIVE)
             if not data:
-                log.info("%s: closed during the link", peer)
-                return None
+                data = bytes(await stream.receive_some(LINK_RECEIVE))
+                if not data:
+                    log.info("%s: closed during the link", peer)
+                    return None
             events = machine.feed(data)
+            data = b""
             while events:
                 ev = events.pop(0)
                 if isinstance(ev, LinkFailed):
@@ -208,14 +301,20 @@ class Server:
                     return None
                 if isinstance(ev, LinkRequest):
                     mess = ev.mess
-                    code = self._check_channel(mess)
+                    code = self.config.link_security(mess.channel_type, conn.secure)
+                    why = "must be secure" if code == LinkError.NEED_SECURED else "must be plain"
+                    if code == LinkError.OK:
+                        code = self._check_channel(mess, conn)
+                        why = "not hosted"
                     if code != LinkError.OK:
                         self._refuse(
-                            peer, code, f"channel {mess.channel_type}:{mess.channel_id} not hosted"
+                            peer, code, f"channel {mess.channel_type}:{mess.channel_id} {why}"
                         )
                         await stream.send_all(machine.refuse(code))
                         return None
-                    caps = vmc_channel_caps() if mess.channel_type in VMC_CHANNEL_TYPES else []
+                    caps = []
+                    if mess.channel_type in VMC_CHANNEL_TYPES:
+                        caps = vmc_channel_caps(lz4=not conn.websocket)
                     await stream.send_all(machine.accept(key.public_der, caps))
                     events += machine.pending_events()
                 elif isinstance(ev, TicketReceived):
@@ -232,7 +331,7 @@ class Server:
                         session = self.sessions.get(mess.connection_id)
                         if session is None:
                             code = LinkError.BAD_CONNECTION_ID
-                        elif self._check_channel(mess) != LinkError.OK:
+                        elif self._check_channel(mess, conn) != LinkError.OK:
                             code = LinkError.CHANNEL_NOT_AVAILABLE
                     await stream.send_all(machine.result(code))
                     if code != LinkError.OK:
@@ -240,9 +339,8 @@ class Server:
                         return None
                     return _Linked(mess, machine.mini_header, machine.trailing, session)
 
-    async def _run_channel(
-        self, stream: trio.SocketStream, linked: _Linked, peer: str, is_unix: bool
-    ) -> None:
+    async def _run_channel(self, stream: trio.abc.Stream, linked: _Linked, conn: _Conn) -> None:
+        peer = conn.peer
         mess = linked.mess
         main = mess.channel_type == ChannelType.MAIN
         channel = None if main else self.channels[(mess.channel_type, mess.channel_id)]
@@ -250,21 +348,22 @@ class Server:
             name=f"{peer} {'main' if channel is None else channel.label}",
             mini_header=linked.mini_header,
             max_message=self.config.max_main_message if main else self.config.max_vmc_message,
-            is_unix=is_unix,
+            is_unix=conn.is_unix,
             ping_interval=self.config.ping_interval,
         )
         if channel is None:
-            await self._run_main(stream, opts, linked, peer)
+            await self._run_main(stream, opts, linked, conn)
         else:
             assert linked.session is not None
-            await self._run_vmc(stream, opts, linked, peer, channel, linked.session)
+            await self._run_vmc(stream, opts, linked, conn, channel, linked.session)
 
     async def _run_main(
-        self, stream: trio.SocketStream, opts: ChannelOptions, linked: _Linked, peer: str
+        self, stream: trio.abc.Stream, opts: ChannelOptions, linked: _Linked, conn: _Conn
     ) -> None:
+        peer = conn.peer
         session = self.sessions.create()
         client = MainChannelClient(
-            stream, opts, session_id=session.connection_id, channels=self.channel_list
+            stream, opts, session_id=session.connection_id, channels=self._channels_for(conn)
         )
         log.info("%s: main channel linked, session %#010x", peer, session.connection_id)
         try:
@@ -276,14 +375,15 @@ class Server:
 
     async def _run_vmc(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.Stream,
         opts: ChannelOptions,
         linked: _Linked,
-        peer: str,
+        conn: _Conn,
         channel: VmcChannel,
         session: Session,
     ) -> None:
-        lz4 = linked.mess.has_channel(VmcCap.DATA_COMPRESS_LZ4)
+        peer = conn.peer
+        lz4 = linked.mess.has_channel(VmcCap.DATA_COMPRESS_LZ4) and not conn.websocket
         client = VmcChannelClient(stream, opts, channel=channel, peer_lz4=lz4)
         log.info("%s: %s linked (client lz4: %s)", peer, channel.label, "yes" if lz4 else "no")
         with trio.CancelScope() as scope:

@@ -144,6 +144,6 @@ class VmcChannel:
             self.client = None
 
 
-def vmc_channel_caps() -> list[int]:
-    """What a trivmc server advertises on every VMC channel."""
-    return [VmcCap.DATA_COMPRESS_LZ4]
+def vmc_channel_caps(lz4: bool = True) -> list[int]:
+    """What a trivmc server advertises on a VMC channel (LZ4 unless told not to)."""
+    return [VmcCap.DATA_COMPRESS_LZ4] if lz4 else []
