@@ -5,6 +5,8 @@ Run with Debian's ``/usr/bin/python3`` (a virtualenv has no ``gi``). Every scena
 prints exactly one JSON object on its last stdout line and exits 0 when it ran to its
 end (the JSON says what was seen; the pytest side asserts on it), 2 on a timeout.
 
+With --ca-file, TLS channels (the URI's tls-port) are verified against that CA.
+
 Scenarios:
   port-echo URI NAME NBYTES      link main + port NAME, send NBYTES random bytes,
                                  read them back, compare digests.
@@ -45,11 +47,15 @@ def out(obj: dict[str, Any]) -> None:
 
 
 class Runner:
-    def __init__(self, uri: str, password: str | None, timeout: float, usbredir: bool) -> None:
+    def __init__(
+        self, uri: str, password: str | None, timeout: float, ca_file: str | None, usbredir: bool
+    ) -> None:
         self.loop = GLib.MainLoop()
         self.result: dict[str, Any] = {"events": []}
         self.session = SpiceClientGLib.Session()
         self.session.set_property("uri", uri)
+        if ca_file is not None:
+            self.session.set_property("ca-file", ca_file)
         if password is not None:
             self.session.set_property("password", password)
         self.session.set_property("enable-usbredir", usbredir)
@@ -79,7 +85,7 @@ class Runner:
 
 
 def scenario_port_echo(args: argparse.Namespace, second: bool) -> int:
-    r = Runner(args.uri, args.password, args.timeout, usbredir=False)
+    r = Runner(args.uri, args.password, args.timeout, args.ca_file, usbredir=False)
     payload = os.urandom(args.nbytes)
     r.result["sent_sha256"] = hashlib.sha256(payload).hexdigest()
     received = bytearray()
@@ -172,7 +178,7 @@ def scenario_port_echo(args: argparse.Namespace, second: bool) -> int:
 
 
 def scenario_auth(args: argparse.Namespace) -> int:
-    r = Runner(args.uri, args.password, args.timeout, usbredir=False)
+    r = Runner(args.uri, args.password, args.timeout, args.ca_file, usbredir=False)
 
     def on_ev(_c: Any, ev: Any) -> None:
         name = r.event_name(ev)
@@ -189,7 +195,7 @@ def scenario_auth(args: argparse.Namespace) -> int:
 
 
 def scenario_usbredir(args: argparse.Namespace) -> int:
-    r = Runner(args.uri, args.password, args.timeout, usbredir=True)
+    r = Runner(args.uri, args.password, args.timeout, args.ca_file, usbredir=True)
 
     def on_channel_new(_s: Any, ch: Any) -> None:
         if isinstance(ch, SpiceClientGLib.UsbredirChannel):
@@ -213,7 +219,7 @@ def scenario_usbredir(args: argparse.Namespace) -> int:
 
 
 def scenario_usbredir_cd(args: argparse.Namespace) -> int:
-    r = Runner(args.uri, args.password, args.timeout, usbredir=True)
+    r = Runner(args.uri, args.password, args.timeout, args.ca_file, usbredir=True)
     state: dict[str, Any] = {"mgr": None, "dev": None, "t0": 0.0}
 
     def on_disconnected(mgr: Any, res: Any, _data: Any) -> None:
@@ -279,6 +285,7 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--password", default=None)
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--ca-file", default=None, help="CA certificate for TLS channels")
     sub = p.add_subparsers(dest="scenario", required=True)
     for name in ("port-echo", "port-echo2"):
         s = sub.add_parser(name)

@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 GTK_CLIENT = HERE / "gtk_client.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 QEMU = "qemu-system-x86_64"
+URI_PATTERN = r"(spice(\+unix)?://\S+)"
 
 
 def interop_required() -> bool:
@@ -69,13 +70,15 @@ def require_genisoimage() -> None:
 
 
 async def run_gtk(
-    *args: str, timeout: float = 60.0, password: str | None = None
+    *args: str, timeout: float = 60.0, password: str | None = None, ca_file: str | None = None
 ) -> dict[str, Any]:
     """Run one gtk_client.py scenario to its end; return its final JSON object."""
     require_gtk()
     cmd = [SYSTEM_PYTHON, str(GTK_CLIENT), "--timeout", str(timeout)]
     if password is not None:
         cmd += ["--password", password]
+    if ca_file is not None:
+        cmd += ["--ca-file", ca_file]
     cmd += list(args)
     with trio.fail_after(timeout + 30):
         proc = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
@@ -232,21 +235,24 @@ def make_iso(directory: str) -> str:
 
 
 @asynccontextmanager
-async def trivmc_serve(*args: str, log: list[str] | None = None) -> AsyncIterator[str]:
+async def trivmc_serve(
+    *args: str, log: list[str] | None = None, announce: str = URI_PATTERN
+) -> AsyncIterator[str]:
     """Run `python -m trivmc serve ARGS` (listening on a kernel-chosen port unless ARGS
-    say otherwise); yield the spice:// URI it announces; stop it on exit."""
+    say otherwise); yield the spice:// URI it announces (the first match of `announce`,
+    group 1); stop it on exit."""
     import sys
 
     cmd = [sys.executable, "-m", "trivmc", "serve", *args]
     if "--listen" not in args and "--unix" not in args:
         cmd += ["--listen", "127.0.0.1:0"]
-    async with announcing_process(cmd, log) as uri:
+    async with announcing_process(cmd, log, announce) as uri:
         yield uri
 
 
 @asynccontextmanager
 async def announcing_process(
-    cmd: Sequence[str], log: list[str] | None = None
+    cmd: Sequence[str], log: list[str] | None = None, announce: str = URI_PATTERN
 ) -> AsyncIterator[str]:
     """Run a server process; yield the first spice:// URI it prints; stop it on exit.
     With `log`, the process's stderr lines are appended to it as they come."""
@@ -272,7 +278,7 @@ async def announcing_process(
             with trio.fail_after(30):
                 while True:
                     line = (await reader.readline()).decode()
-                    m = re.search(r"(spice(\+unix)?://\S+)", line)
+                    m = re.search(announce, line)
                     if m:
                         break
             # keep draining stdout so the server never blocks on a full pipe
