@@ -52,3 +52,34 @@ def test_help_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for use in ("--usbredir tcp:", "org.qemu.monitor.qmp.0", "--config", "exec:"):
         assert use in out
+
+
+def test_tls_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import trustme
+
+    from trivmc.protocol import ChannelType
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    pem = tmp_path / "server.pem"  # certificate and key in one file, as --key allows
+    pem.write_bytes(cert.private_key_and_cert_chain_pem.bytes())
+    conf = tmp_path / "tls.toml"
+    conf.write_text(f'tls_listen = "127.0.0.1:5931"\ncert = "{pem}"\nsecure_channels = "all"\n')
+    server = build_server(serve_args("--config", str(conf)))  # type: ignore[arg-type]
+    assert server.config.tls_listen == [("127.0.0.1", 5931)] and server.config.tls is not None
+    assert ChannelType.MAIN in server.config.secure_channels
+    assert ChannelType.WEBDAV in server.config.secure_channels
+    args = ("--tls-listen", "127.0.0.1:0", "--cert", str(pem))
+    server = build_server(serve_args(*args, "--plaintext-channels", "usbredir, port"))  # type: ignore[arg-type]
+    assert server.config.plaintext_channels == {ChannelType.USBREDIR, ChannelType.PORT}
+    assert server.config.secure_channels == frozenset() and server.config.websocket
+    assert not build_server(serve_args("--no-websocket")).config.websocket  # type: ignore[arg-type]
+    for bad, why in (
+        (["--tls-listen", "127.0.0.1:0"], "needs --cert"),
+        (["--secure-channels", "port"], "needs a TLS listener"),
+        ([*args, "--secure-channels", "display"], "unknown channel 'display'"),
+        ([*args, "--secure-channels", "port", "--plaintext-channels", "port"], "both secure"),
+        (["--tls-listen", "127.0.0.1:0", "--cert", str(tmp_path / "none.pem")], "cannot load"),
+    ):
+        assert main(["serve", *bad]) == 2
+        assert why in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import trio
@@ -221,3 +222,61 @@ async def test_trivmc_connect_exits_after_stdin_ends_late() -> None:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_trivmc_connect_over_tls_follows_need_secured(tmp_path: Path) -> None:
+    """`trivmc connect spice://H?port=P&tls-port=T --ca-file CA`: the server wants the
+    port secure, the command relinks it on TLS; with another CA it fails with exit 1."""
+    import sys
+
+    import trustme
+
+    from trivmc.protocol import ChannelType
+    from trivmc.transport import server_tls_context
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    pem, ca_pem, other = tmp_path / "s.pem", tmp_path / "ca.pem", tmp_path / "o.pem"
+    pem.write_bytes(cert.private_key_and_cert_chain_pem.bytes())
+    ca.cert_pem.write_to_path(str(ca_pem))
+    trustme.CA().cert_pem.write_to_path(str(other))
+    server = make_server(
+        tls_listen=[("127.0.0.1", 0)],
+        tls=server_tls_context(str(pem)),
+        secure_channels=frozenset({ChannelType.PORT}),
+    )
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        tls_port = server.tls_addresses[0][1]  # type: ignore[index]
+        uri = f"spice://{host}?port={port}&tls-port={tls_port}"
+        cmd = [sys.executable, "-m", "trivmc", "connect", uri, "--port", ECHO, "--linger", "3"]
+        payload = os.urandom(300_000)
+        with trio.fail_after(60):
+            ok = await trio.run_process(
+                [*cmd, "--ca-file", str(ca_pem)], stdin=payload, capture_stdout=True, check=False
+            )
+            bad = await trio.run_process(
+                [*cmd, "--ca-file", str(other)],
+                stdin=b"",
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    assert ok.returncode == 0 and ok.stdout == payload
+    assert server.links_refused >= 1  # NEED_SECURED on the plain port, then TLS
+    assert bad.returncode == 1 and b"CERTIFICATE_VERIFY_FAILED" in bad.stderr, bad.stderr
+
+
+async def test_trivmc_connect_over_websocket() -> None:
+    import sys
+
+    server = make_server()
+    async with server as addrs:
+        host, port = addrs[0]  # type: ignore[misc]
+        cmd = [sys.executable, "-m", "trivmc", "connect", f"ws://{host}:{port}", "--port", ECHO]
+        payload = os.urandom(200_000)
+        with trio.fail_after(60):
+            proc = await trio.run_process(
+                [*cmd, "--linger", "3"], stdin=payload, capture_stdout=True, check=False
+            )
+    assert proc.returncode == 0 and proc.stdout == payload

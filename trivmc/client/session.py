@@ -458,4 +458,4 @@ async def connect(
         leaf = _single(group)
         if leaf is None:
             raise
-        raise leaf from None
+        raise leaf from leaf.__cause__  # keeps the cause, hides the group
