@@ -1,0 +1,1 @@
+"""The spice-html5 page and its selenium harness (see harness.py)."""
