@@ -229,7 +229,7 @@ if (!wsUri) {
       uri: wsUri,
       password: q.get('password') || '',
       message_id: 'spice-messages',
-      onerror: (e) => fail('spice-html5: ' + e),
+      onerror: (e) => fail('spice-html5: ' + (e instanceof Event ? 'WebSocket ' + e.type + ' event' : e)),
       onsuccess: (m) => console.log('trivmc page: main channel: ' + m),
     });
     result.connecting_ms = ms();
