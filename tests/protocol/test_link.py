@@ -315,3 +315,25 @@ def test_bad_magic_refused_after_four_bytes() -> None:
     assert ServerLink().feed(b"GET") == []
     (ev,) = ServerLink().feed(b"GET /")  # e.g. an HTTP request
     assert isinstance(ev, LinkFailed) and ev.code == LinkError.INVALID_MAGIC
+
+
+@pytest.mark.parametrize("password", [None, "s3cret"])
+def test_spice_html5_shifted_ticket_is_repaired(password: str | None) -> None:
+    """spice-html5 drops a leading zero byte of the ciphertext and pads a zero at the
+    end; the server puts it back instead of refusing about one link in 256."""
+    from trivmc.protocol import encrypt_ticket, generate_key, verify_ticket
+
+    key = generate_key()
+    for _ in range(20000):
+        ct = encrypt_ticket(key.public_der, password)
+        if ct[0] == 0:
+            break
+    else:
+        pytest.fail("no ciphertext with a leading zero byte in 20000 tries")
+    shifted = ct[1:] + b"\0"
+    assert verify_ticket(key, shifted, password) == LinkError.OK
+    assert verify_ticket(key, ct, password) == LinkError.OK
+    if password is not None:
+        assert verify_ticket(key, shifted, "other") == LinkError.PERMISSION_DENIED
+    garbage = bytes(127) + b"\0"
+    assert verify_ticket(key, garbage, password) == LinkError.PERMISSION_DENIED

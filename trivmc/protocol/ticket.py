@@ -26,24 +26,42 @@ class LinkKey:
     private: rsa.RSAPrivateKey
     public_der: bytes
 
+    @classmethod
+    def from_private(cls, private: rsa.RSAPrivateKey) -> LinkKey:
+        der = private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if len(der) != PUBKEY_SIZE:
+            raise ValueError(f"not an RSA-1024 key: public DER of {len(der)} bytes")
+        return cls(private, der)
+
+    @classmethod
+    def from_trusted_der(cls, der: bytes) -> LinkKey:
+        """A key from the PKCS#8 DER that trivmc's own key generator produced.
+
+        The expensive RSA consistency check is skipped (microseconds instead of
+        milliseconds): only pass bytes from a generator you run yourself."""
+        private = serialization.load_der_private_key(
+            der, None, unsafe_skip_rsa_key_validation=True
+        )
+        if not isinstance(private, rsa.RSAPrivateKey):
+            raise ValueError("not an RSA private key")
+        return cls.from_private(private)
+
 
 def generate_key() -> LinkKey:
-    """A fresh RSA-1024 key (e = 65537); costs milliseconds: keep it off the link path."""
-    private = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-    der = private.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    assert len(der) == PUBKEY_SIZE
-    return LinkKey(private, der)
+    """A fresh RSA-1024 key (e = 65537); costs milliseconds and holds the GIL for much
+    of that: keep it off the link path (see `KeyPool`)."""
+    return LinkKey.from_private(rsa.generate_private_key(public_exponent=65537, key_size=1024))
 
 
 class KeyPool:
     """Keys generated ahead of time so no link waits for key generation.
 
-    Each key is handed out once (`take`), never reused. `refill()` tops the pool up to
-    `size`; a trio server runs it in a worker thread after each link
-    (`trio.to_thread.run_sync(pool.refill)`). `take` and `refill` may run concurrently
-    in two threads: the pool is a deque whose append/popleft are atomic.
+    Each key is handed out once (`take`), never reused. Keys come in through `add`
+    (trivmc's server makes them in a separate process, since RSA key generation holds
+    the GIL) or `refill()` (generates here, blocking). `take`, `add` and `refill` may run
+    in different threads: the pool is a deque whose append/popleft are atomic.
     """
 
     def __init__(self, size: int = 4) -> None:
@@ -52,6 +70,14 @@ class KeyPool:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    @property
+    def wanted(self) -> int:
+        """How many keys would fill the pool."""
+        return max(0, self.size - len(self._keys))
+
+    def add(self, key: LinkKey) -> None:
+        self._keys.append(key)
 
     def take(self) -> LinkKey:
         """A never-used key: from the pool, or generated now when the pool is empty."""
@@ -102,6 +128,26 @@ def encrypt_ticket(public_der: bytes, password: str | bytes | None) -> bytes:
         raise LinkProtocolError(LinkError.INVALID_DATA, f"cannot encrypt ticket: {e}") from e
 
 
+MAX_TICKET_SHIFT = 3
+
+
+def _decrypt(key: LinkKey, ticket: bytes) -> bytes | None:
+    """The OAEP plaintext, or None. spice-html5 (ticket.js) drops a ciphertext's leading
+    zero bytes and pads zeros at the end instead (about one link in 256); such a ticket
+    is tried again with up to 3 zeros put back, so those links are not refused."""
+    try:
+        return key.private.decrypt(ticket, _OAEP)
+    except ValueError:
+        pass
+    zeros = len(ticket) - len(ticket.rstrip(b"\0"))
+    for shift in range(1, min(zeros, MAX_TICKET_SHIFT) + 1):
+        try:
+            return key.private.decrypt(bytes(shift) + ticket[:-shift], _OAEP)
+        except ValueError:
+            pass
+    return None
+
+
 def verify_ticket(
     key: LinkKey,
     ticket: bytes | bytearray | memoryview,
@@ -112,7 +158,8 @@ def verify_ticket(
 ) -> LinkError:
     """Check an encrypted ticket as spice-server does; return OK or PERMISSION_DENIED.
 
-    Decryption failure denies even with ticketing disabled (`password=None`); ticketing
+    Decryption failure denies even with ticketing disabled (`password=None`) (a ticket
+    shifted by spice-html5's leading-zero bug is repaired first); ticketing
     enabled with an empty password always denies; an `expiry` at or before `now` denies;
     otherwise the bytes before the first NUL are compared in constant time
     (`hmac.compare_digest`). Sans-IO: pass `now` (same clock as `expiry`) whenever
@@ -124,9 +171,8 @@ def verify_ticket(
         password = password.encode()
     if len(ticket) != TICKET_SIZE:
         return LinkError.PERMISSION_DENIED
-    try:
-        plain = key.private.decrypt(bytes(ticket), _OAEP)
-    except ValueError:
+    plain = _decrypt(key, bytes(ticket))
+    if plain is None:
         return LinkError.PERMISSION_DENIED
     if password is None:
         return LinkError.OK

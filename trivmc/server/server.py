@@ -37,6 +37,7 @@ from ..protocol import (
 from ..transport import accept_websocket
 from .channel import ChannelOptions
 from .config import ServerConfig
+from .keys import KeyMaker
 from .main_channel import MainChannelClient
 from .session import Session, SessionTable
 from .vmc import VmcChannel, VmcChannelClient, vmc_channel_caps
@@ -78,13 +79,13 @@ class Server:
         self.config = config or ServerConfig()
         self.password = check_password(self.config.password)
         self.keys = KeyPool(self.config.key_pool_size)
+        self.key_maker = KeyMaker(self.keys, self.config.key_process)
         self.sessions = SessionTable(self.config.multi_session)
         self.channels: dict[tuple[int, int], VmcChannel] = {}
         self.links_refused = 0
         self.connections = 0
         self.tls_failures = 0
         self.tls_addresses: list[object] = []
-        self._keys_wanted = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._stack = contextlib.AsyncExitStack()
 
@@ -145,7 +146,6 @@ class Server:
         The start value lists the plain addresses ((host, port) tuples and unix paths);
         the TLS ones are in `tls_addresses`.
         """
-        await trio.to_thread.run_sync(self.keys.refill)
         listeners = await self._listeners()
         if not listeners:
             raise ValueError("nothing to listen on: give listen, tls_listen or unix addresses")
@@ -153,9 +153,9 @@ class Server:
         addresses = [addr for _, addr, secure in listeners if not secure]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self.key_maker.run)
             for channel in self.channels.values():
                 nursery.start_soon(channel.run)
-            nursery.start_soon(self._keep_keys)
             for lst, addr, secure in listeners:
                 handler = functools.partial(self._handle_connection, secure=secure)
                 nursery.start_soon(trio.serve_listeners, handler, [lst])
@@ -170,12 +170,6 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
-
-    async def _keep_keys(self) -> None:
-        while True:
-            await self._keys_wanted.wait()
-            self._keys_wanted = trio.Event()
-            await trio.to_thread.run_sync(self.keys.refill)
 
     # ---- one connection --------------------------------------------------------
 
@@ -281,7 +275,7 @@ class Server:
         peer = conn.peer
         machine = ServerLink()
         key = self.keys.take()
-        self._keys_wanted.set()
+        self.key_maker.want()
         mess: LinkMess | None = None
         data = initial
         while True:

@@ -1,0 +1,44 @@
+"""The key generator process: RSA-1024 link keys made outside the server's process.
+
+cryptography's RSA key generation holds the GIL for milliseconds, which in a thread
+would stall the server's event loop; in this process it stalls nothing. Run as a
+script (`python keygen_worker.py`), it imports only `cryptography`. Protocol on its
+pipes: the server writes a decimal count and a newline; the worker answers with that
+many keys, each a u16 big-endian length and the key's PKCS#8 DER. It exits at the end
+of its input.
+"""
+
+import struct
+import sys
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+MAX_BATCH = 1024
+
+
+def key_der() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def main() -> int:
+    out = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        count = min(int(line), MAX_BATCH)
+        for _ in range(count):
+            der = key_der()
+            out.write(struct.pack(">H", len(der)) + der)
+            out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (KeyboardInterrupt, BrokenPipeError):
+        sys.exit(0)
