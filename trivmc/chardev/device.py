@@ -163,6 +163,26 @@ class CharDevice:
         if not buf.released:
             self.write_buffer_add(buf)
 
+    def try_write(self, data: bytes | bytearray | memoryview) -> bool:
+        """The hot path of `get_write_buffer` + `write_buffer_add`, without a task
+        switch or a buffer object: when the device runs with nothing queued and a token
+        free, write `data` now and return True; what the instance does not take is
+        queued under a token, as `write_buffer_add` would. False: take the slow path."""
+        if self._queued or not self._running or self._tokens.value == 0:
+            return False
+        self._writable.clear()
+        n = self.instance.write(data if isinstance(data, memoryview) else memoryview(data))
+        if n > 0:
+            self.stats.in_data += n
+        if n < len(data):
+            self._tokens.acquire_nowait()  # free: checked above
+            self.outstanding_buffers += 1
+            buf = WriteBuffer(memoryview(data)[n:], self._release_token)
+            self._retry_first = True  # the writer waits before it tries again
+            self._send.send_nowait(buf)
+            self._queued += 1
+        return True
+
     def write_buffer_add(self, buf: WriteBuffer) -> None:
         """Hand `buf` to the device; the device owns it from now on (never blocks).
 

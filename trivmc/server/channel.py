@@ -161,19 +161,27 @@ class ChannelClient:
         else:
             raise UnknownMessage(f"{self.name}: unknown message type {mtype}")
 
+    def handle_now(self, mtype: int, body: Body) -> bool:
+        """Hook: handle a message synchronously when that is possible (the hot path);
+        False sends it through `handle_message`. The base handles nothing here."""
+        return False
+
     async def _reader(self, initial: bytes) -> None:
-        if initial:
-            for msg in self.decoder.feed(initial):
-                await self._dispatch(msg)
+        feed = self.decoder.feed
+        handle_now = self.handle_now
+        dispatch = self._dispatch
+        data: bytes | bytearray = initial
         while True:
+            if data:
+                self.bytes_in += len(data)
+                for msg in feed(data):
+                    if not handle_now(msg.type, msg.body):
+                        await dispatch(msg)
             data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
                 if self.decoder.pending:
                     log.info("%s: peer closed in the middle of a message", self.name)
                 return
-            self.bytes_in += len(data)
-            for msg in self.decoder.feed(data):
-                await self._dispatch(msg)
 
     # ---- pings -----------------------------------------------------------------
 

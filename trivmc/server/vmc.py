@@ -42,6 +42,7 @@ class VmcChannelClient(ChannelClient):
         self.channel = channel
         self.peer_lz4 = peer_lz4
         self.max_decompressed = self.decoder.max_size
+        self._decompressed: bytes | None = None  # from handle_now, for handle_message
 
     def push_device_data(self, data: bytes) -> None:
         stats = self.channel.device.stats
@@ -52,15 +53,35 @@ class VmcChannelClient(ChannelClient):
             stats.out_uncompressed += len(body)
         self.send(mtype, body)
 
+    def handle_now(self, mtype: int, body: Body) -> bool:
+        """DATA (and COMPRESSED_DATA, once decompressed) for an idle device is written
+        at once, with no token round trip; anything else takes `handle_message`."""
+        if mtype == MsgcVmc.DATA:
+            return self.channel.device.try_write(body)
+        if mtype == MsgcVmc.COMPRESSED_DATA:
+            data = self._decompress(body)
+            if self.channel.device.try_write(data):
+                return True
+            self._decompressed = data  # handle_message queues it
+            return False
+        return False
+
+    def _decompress(self, body: Body) -> bytes:
+        data = decompress_body(body, self.max_decompressed)
+        stats = self.channel.device.stats
+        stats.in_compressed += len(body)
+        stats.in_decompressed += len(data)
+        return data
+
     async def handle_message(self, mtype: int, body: Body) -> None:
         device = self.channel.device
         if mtype == MsgcVmc.DATA:
             buf = await device.get_write_buffer(body)
             device.write_buffer_add(buf)
         elif mtype == MsgcVmc.COMPRESSED_DATA:
-            data = decompress_body(body, self.max_decompressed)
-            device.stats.in_compressed += len(body)
-            device.stats.in_decompressed += len(data)
+            data, self._decompressed = self._decompressed, None
+            if data is None:
+                data = self._decompress(body)
             buf = await device.get_write_buffer(data, compressed=True)
             device.write_buffer_add(buf)
         elif mtype == MsgcVmc.PORT_EVENT:
