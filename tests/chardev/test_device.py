@@ -190,6 +190,7 @@ OPS = st.lists(
         st.tuples(st.just("remove"), st.integers(0, 0), st.integers(0, 0)),
         st.tuples(st.just("stall"), st.integers(0, 4), st.integers(0, 0)),
         st.tuples(st.just("time"), st.integers(0, 30), st.integers(0, 0)),
+        st.tuples(st.just("fast"), st.integers(1, 50), st.integers(0, 0)),
     ),
     max_size=60,
 )
@@ -216,7 +217,14 @@ def test_random_schedules_release_everything(ops: list[tuple[str, int, int]], to
             dev.attach_client(client)
             scopes: list[trio.CancelScope] = []
             for op, a, b in ops:
-                if op == "send":
+                if op == "fast":
+                    counter += 1
+                    data = counter.to_bytes(4, "big") * a
+                    if dev.try_write(data):  # the server's hot path
+                        queued.append(data)
+                    else:
+                        n.start_soon(sender, data, 0, trio.CancelScope())
+                elif op == "send":
                     counter += 1
                     data = counter.to_bytes(4, "big") * a
                     scope = trio.CancelScope()
@@ -277,3 +285,27 @@ async def test_reset_while_stopped_returns_the_writers_token(
         assert dev.idle and dev.queued_buffers == 0
         assert len(inst.written) < 6
         n.cancel_scope.cancel()
+
+
+async def test_try_write_hot_path(autojump_clock: trio.testing.MockClock) -> None:
+    """Idle device: written at once, no token kept. Partial: the rest queued under one
+    token. Something queued: False (the caller must queue behind it)."""
+    inst = ScriptedInstance()
+    dev = CharDevice(inst)
+    async with trio.open_nursery() as n:
+        await n.start(dev.run)
+        assert dev.try_write(b"abc") and dev.idle and bytes(inst.written) == b"abc"
+        inst.per_write = 2
+        assert dev.try_write(b"defgh")
+        assert dev.tokens_free == VMC_TOKENS - 1 and dev.queued_buffers == 1
+        assert not dev.try_write(b"ij")  # queued data goes first
+        dev.write_buffer_add(await dev.get_write_buffer(b"ij"))
+        inst.per_write = 1 << 20
+        while dev.queued_buffers:
+            dev.wakeup_writable()
+            await trio.testing.wait_all_tasks_blocked()
+        dev.stop()
+        assert not dev.try_write(b"k")  # stopped: the queued path waits for start()
+        n.cancel_scope.cancel()
+    assert bytes(inst.written) == b"abcdefghij"
+    assert dev.tokens_free == VMC_TOKENS and dev.outstanding_buffers == 0
