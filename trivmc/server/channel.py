@@ -34,6 +34,25 @@ log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
 BATCH_BYTES = 256 * 1024
+GATHER_MAX_MESSAGES = 64  # more (small) messages are joined: IOV_MAX is 1024
+
+
+async def send_gathered(sock: trio.socket.SocketType, parts: list[Body]) -> int:
+    """Send every byte of `parts` with sendmsg (scatter-gather), in order; return the
+    byte count. Partial sends resume where the kernel stopped."""
+    total = 0
+    while parts:
+        n = await sock.sendmsg(parts)
+        total += n
+        while n:
+            size = len(parts[0])
+            if n >= size:
+                n -= size
+                parts.pop(0)
+            else:
+                parts[0] = memoryview(parts[0])[n:]
+                n = 0
+    return total
 
 
 class UnknownMessage(ProtocolError):
@@ -81,6 +100,8 @@ class ChannelClient:
         self.min_rtt: float | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        # plain sockets take scatter-gather writes; TLS and WebSocket streams do not
+        self._gather_socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     # ---- sending ---------------------------------------------------------------
 
@@ -128,9 +149,15 @@ class ChannelClient:
             await self._write([item])
 
     async def _write(self, batch: list[tuple[int, Body]]) -> None:
-        data = self.encoder.encode_many(batch)
-        await self.stream.send_all(data)
-        self.bytes_out += len(data)
+        sock = self._gather_socket
+        if sock is not None and len(batch) <= GATHER_MAX_MESSAGES:
+            # header, body, header, body... straight from the bodies: no joined copy
+            parts = self.encoder.encode_parts(batch)
+            self.bytes_out += await send_gathered(sock, parts)
+        else:
+            data = self.encoder.encode_many(batch)
+            await self.stream.send_all(data)
+            self.bytes_out += len(data)
         self.queued_bytes -= sum(len(b) for _, b in batch)
         self._queue_changed.set()
         self._queue_changed = trio.Event()
