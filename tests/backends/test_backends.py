@@ -126,8 +126,7 @@ async def test_unix_listen(tmp_path: Path) -> None:
     backend = UnixListenBackend(path)
     async with serve_port(backend) as (_server, uri), connect(uri) as session:
         with trio.fail_after(10):
-            while not os.path.exists(path):
-                await trio.testing.wait_all_tasks_blocked()
+            await backend.listening.wait()  # bound *and* listening
         async with await trio.open_unix_socket(path) as peer:
             ch = await session.open_port(NAME)
             await wait_opened(ch)

@@ -252,13 +252,19 @@ class _ProcessStream(trio.abc.HalfCloseableStream):
 
 
 class ListeningBackend(StreamBackend):
-    """Accepts one peer at a time (the next waits in the backlog)."""
+    """Accepts one peer at a time (the next waits in the backlog). `listening` is set
+    once peers can connect."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listening = trio.Event()
 
     async def open_listener(self) -> trio.SocketListener:  # pragma: no cover
         raise NotImplementedError
 
     async def serve(self) -> None:
         listener = await self.open_listener()
+        self.listening.set()
         async with listener:
             while True:
                 try:

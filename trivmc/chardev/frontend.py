@@ -16,12 +16,29 @@ from collections.abc import Callable
 import trio
 
 from .device import CharDevice
-from .interface import CharBackend, ChrEvent, DeviceSubtype
+from .interface import CharBackend, ChrEvent, DeviceData, DeviceSubtype
 
 log = logging.getLogger(__name__)
 
 PORT_EVENT_BREAK = 2
 PENDING_LIMIT = 256 * 1024
+
+
+def owned(data: bytes | bytearray | memoryview) -> DeviceData:
+    """`data` as bytes the frontend may keep: `bytes`, and a view of `bytes` covering at
+    least a quarter of it, are kept as they are (immutable, no copy; the view pins at
+    most 4x its size); anything else is copied."""
+    if isinstance(data, bytes):
+        return data
+    if (
+        isinstance(data, memoryview)
+        and isinstance(data.obj, bytes)
+        and data.format == "B"
+        and data.c_contiguous
+        and 4 * len(data) >= len(data.obj)
+    ):
+        return data
+    return bytes(data)
 
 
 class SpiceChardev:
@@ -45,7 +62,7 @@ class SpiceChardev:
         self.connected = False  # a client is attached (QEMU's be_open via vmc_state)
         self.fe_open = subtype is DeviceSubtype.USBREDIR
         self.blocked = False
-        self._pending: deque[bytes] = deque()
+        self._pending: deque[DeviceData] = deque()
         self._pending_size = 0
         self._drained = trio.Event()
         self._connected_changed = trio.Event()
@@ -66,7 +83,7 @@ class SpiceChardev:
             done += len(chunk)
         return done
 
-    def read(self, max_size: int) -> bytes:
+    def read(self, max_size: int) -> DeviceData:
         """vmc_read: give the device up to `max_size` pending bytes (whole chunks are
         handed over without a copy)."""
         pending = self._pending
@@ -79,7 +96,7 @@ class SpiceChardev:
             else:
                 out, pending[0] = first[:max_size], first[max_size:]
         else:
-            parts: list[bytes] = []
+            parts: list[DeviceData] = []
             size = 0
             while pending and size + len(pending[0]) <= max_size:
                 chunk = pending.popleft()
@@ -134,7 +151,7 @@ class SpiceChardev:
         if self._pending_size >= PENDING_LIMIT:
             self.blocked = True
             return 0
-        self._pending.append(bytes(data))
+        self._pending.append(owned(data))
         self._pending_size += len(data)
         if self.device is not None:
             self.device.wakeup()

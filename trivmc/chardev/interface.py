@@ -22,6 +22,11 @@ class ChrEvent(enum.IntEnum):
     BREAK = 2
 
 
+DeviceData = bytes | memoryview
+"""Bytes from a device on their way to a client: `bytes`, or a read-only view of
+`bytes` (immutable either way, so they are queued and sent without a copy)."""
+
+
 class DeviceInstance(Protocol):
     """spice-server's SpiceCharDeviceInterface, as the CharDevice calls it.
 
@@ -34,7 +39,7 @@ class DeviceInstance(Protocol):
 
     def write(self, data: memoryview) -> int: ...
 
-    def read(self, max_size: int) -> bytes: ...
+    def read(self, max_size: int) -> DeviceData: ...
 
     def state(self, connected: bool) -> None: ...
 
@@ -65,6 +70,6 @@ class DeviceClient(Protocol):
 
     queued_bytes: int
 
-    def push_device_data(self, data: bytes) -> None: ...
+    def push_device_data(self, data: DeviceData) -> None: ...
 
     async def wait_queued_below(self, limit: int) -> None: ...

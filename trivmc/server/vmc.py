@@ -14,6 +14,7 @@ import trio
 
 from ..backends import Backend
 from ..chardev import CharDevice, DeviceSubtype, SpiceChardev
+from ..chardev.interface import DeviceData
 from ..protocol import (
     ChannelType,
     MsgcVmc,
@@ -44,7 +45,7 @@ class VmcChannelClient(ChannelClient):
         self.max_decompressed = self.decoder.max_size
         self._decompressed: bytes | None = None  # from handle_now, for handle_message
 
-    def push_device_data(self, data: bytes) -> None:
+    def push_device_data(self, data: DeviceData) -> None:
         stats = self.channel.device.stats
         mtype, body = vmc_payload(data, self.peer_lz4, self.is_unix)
         if mtype == MsgVmc.COMPRESSED_DATA:
