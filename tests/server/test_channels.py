@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -131,3 +132,12 @@ async def test_main_channel_tolerates_agent_and_mouse_messages() -> None:
                 msg = await conn.receive()
             assert msg is not None and msg.type == MsgMain.CHANNELS_LIST
             assert len(server.sessions) == 1
+
+
+def test_at_most_256_port_channels_with_a_clear_error() -> None:
+    server = Server(ServerConfig(listen=[("127.0.0.1", 0)]))
+    channels = [server.add_port(f"org.test.p{i}", EchoBackend()) for i in range(256)]
+    assert sorted(ch.channel_id for ch in channels) == list(range(256))
+    with pytest.raises(ValueError, match="one byte"):
+        server.add_port("org.test.one-too-many", EchoBackend())
+    assert len(server.channels) == 256

@@ -48,6 +48,7 @@ LINK_RECEIVE = 4096
 CLOSE_TIMEOUT = 1.0
 SPICE_MAGIC = b"REDQ"
 HTTP_GET = b"GET "
+MAX_CHANNEL_ID = 255
 
 
 @dataclass
@@ -100,8 +101,17 @@ class Server:
         return channel
 
     def _next_id(self, channel_type: ChannelType) -> int:
+        """The lowest free id; the wire gives a channel id one byte, so a server holds
+        at most 256 channels of a type (ValueError past that)."""
         used = {cid for (t, cid) in self.channels if t == channel_type}
-        return next(i for i in range(256) if i not in used)
+        free = (i for i in range(MAX_CHANNEL_ID + 1) if i not in used)
+        cid = next(free, None)
+        if cid is None:
+            raise ValueError(
+                f"no free {channel_type.name.lower()} channel id: a SPICE channel id is one"
+                f" byte, so a server holds at most {MAX_CHANNEL_ID + 1} of a type"
+            )
+        return cid
 
     def add_usbredir(self, backend: Backend, channel_id: int | None = None) -> VmcChannel:
         cid = self._next_id(ChannelType.USBREDIR) if channel_id is None else channel_id

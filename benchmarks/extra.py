@@ -1,0 +1,224 @@
+"""Rows that are not one client against three servers: memory, 1000 live sessions, and
+spice-gtk echo (plain and TLS). Plus the checks every client result must pass."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .procs import (
+    GTK_CLIENT,
+    HERE,
+    PORT_NAME,
+    free_port,
+    py,
+    rss_kib,
+    run_json,
+    server,
+    wait_listening,
+)
+from .report import Result
+from .rows import Row, Sizes, anchor_cmd, pump_cmd, trivmc_cmd
+
+PER_SERVER = 250  # port channels per SPICE server (a channel id is one byte)
+
+
+@contextlib.contextmanager
+def servers(
+    cmds: dict[str, tuple[list[str], int]],
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Every server of `cmds` running (and listening) for the block; all stopped after."""
+    with contextlib.ExitStack() as stack:
+        yield {who: stack.enter_context(server(cmd, port)) for who, (cmd, port) in cmds.items()}
+
+
+def check(row: Row, res: dict[str, object], nbytes: int) -> None:
+    """Nothing lost or corrupted: the device got every byte, the pattern held."""
+    if res.get("mismatches"):
+        raise RuntimeError(f"{row.key}: {res['mismatches']} corrupted messages")
+    device = res.get("device")
+    if isinstance(device, dict) and device.get("bytes") != res.get("total"):
+        raise RuntimeError(f"{row.key}: device got {device.get('bytes')} of {res.get('total')}")
+    if row.key == "lz4_text_64k" and not res.get("lz4_used", True):
+        raise RuntimeError(f"{row.key}: the server did not offer LZ4")
+
+
+def rss_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Result]:
+    """RSS of each server idle (an echo port, nothing connected), `runs` fresh starts."""
+    result = Result("rss_idle", "RSS, server idle (one echo port)", "MiB", False)
+    for _ in range(runs):
+        makers: dict[str, list[str]] = {}
+        port = free_port()
+        makers["trivmc"] = trivmc_cmd(port, "echo", 0)
+        if anchor is not None:
+            makers["spice-server"] = anchor_cmd(str(anchor), port, "echo", 0)
+        makers["pump"] = pump_cmd(port, "echo", 0)
+        for who, cmd in makers.items():
+            with server(cmd, port) as proc:
+                result.add(who, {"rss": rss_kib(proc.pid) / 1024}, "rss")
+    result.metric = "rss"
+    result.note = (
+        "the server process alone; trivmc's key generator child (cryptography, RSA-1024"
+        " keys made ahead of each link) is a separate process and not counted"
+    )
+    return [result]
+
+
+@contextlib.contextmanager
+def session_client(
+    kind: str, port: int, sizes: Sizes, runs: int
+) -> Iterator[subprocess.Popen[str]]:
+    cmd = py(HERE / "sessions_client.py", kind, "--port", str(port))
+    cmd += ["--sessions", str(sizes.sessions), "--per-server", str(PER_SERVER)]
+    cmd += ["--bytes", str(sizes.session_bytes), "--rounds", str(runs)]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield proc
+    finally:
+        if proc.stdin:
+            proc.stdin.close()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _expect(proc: subprocess.Popen[str], prefix: str) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith(prefix):
+        err = proc.stderr.read()[-800:] if proc.stderr else ""
+        raise RuntimeError(f"sessions client: expected {prefix}, got {line!r}: {err}")
+    return line
+
+
+def _sessions_run(
+    kind: str, cmd: list[str], port: int, sizes: Sizes, runs: int
+) -> tuple[float, float, float, list[float]]:
+    """(RSS idle, RSS linked, RSS after echo rounds) in KiB and each round's MB/s."""
+    import json
+
+    last = port + (-(-sizes.sessions // PER_SERVER) - 1 if kind == "spice" else 0)
+    # the many-ports server opens its listeners in order: the last one up means all are
+    with server(cmd, last) as srv, session_client(kind, port, sizes, runs) as client:
+        idle = rss_kib(srv.pid)
+        _expect(client, "CONNECTED")
+        linked = rss_kib(srv.pid)
+        assert client.stdin is not None
+        client.stdin.write("\n")
+        client.stdin.flush()
+        res = json.loads(_expect(client, "{"))
+        after = rss_kib(srv.pid)
+    return idle, linked, after, [float(x) for x in res["MBps"]]
+
+
+def sessions_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Result]:
+    """1000 live port sessions in one trivmc process; RSS per session and aggregate echo."""
+    n = sizes.sessions
+    servers_needed = -(-n // PER_SERVER)
+    port = free_port(servers_needed)
+    cmd = py(HERE / "many_ports_server.py", str(port), str(servers_needed), str(PER_SERVER))
+    idle, linked, after, rounds = _sessions_run("spice", cmd, port, sizes, runs)
+    pport = free_port()
+    p_idle, _, p_after, p_rounds = _sessions_run(
+        "raw", pump_cmd(pport, "echo", 0), pport, sizes, runs
+    )
+    per = Result(
+        "rss_per_session",
+        f"RSS per live port session ({n} sessions, one process)",
+        "KiB",
+        False,
+        limit=64,
+        metric="kib",
+    )
+    per.add("trivmc", {"kib": (after - idle) / n})
+    per.add("pump", {"kib": (p_after - p_idle) / n})
+    per.text["spice-server"] = "n/a: the anchor has one port device"
+    per.note = (
+        f"(RSS after the echo rounds - RSS of the same process idle) / {n}; trivmc: "
+        f"{servers_needed} SPICE servers x {PER_SERVER} echo ports in one process (a channel "
+        f"id is one byte), idle {idle / 1024:.1f} MiB, linked {linked / 1024:.1f} MiB, after "
+        f"echo {after / 1024:.1f} MiB ({after / n:.0f} KiB per session all told); pump: "
+        f"{n} plain TCP connections to one Python process"
+    )
+    agg = Result(
+        "sessions_echo", f"aggregate echo across {n} sessions", "MB/s", True, metric="MBps"
+    )
+    for r in rounds:
+        agg.add("trivmc", {"MBps": r})
+    for r in p_rounds:
+        agg.add("pump", {"MBps": r})
+    agg.text["spice-server"] = "n/a: one session at a time"
+    agg.note = (
+        f"each session echoes {sizes.session_bytes // 1024} KiB in 4 KiB writes, all at once;"
+        " bytes out and back / time; the load client is trivmc's own (trio) client"
+    )
+    return [per, agg]
+
+
+def _pki(tmp: Path) -> dict[str, str]:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    files = {name: str(tmp / f"{name}.pem") for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(files["ca"])
+    cert.cert_chain_pems[0].write_to_path(files["cert"])
+    cert.private_key_pem.write_to_path(files["key"])
+    return files
+
+
+def _gtk_echo(uri: str, nbytes: int, ca_file: str | None = None) -> dict[str, object]:
+    cmd = ["/usr/bin/python3", str(GTK_CLIENT), "--timeout", "120"]
+    if ca_file:
+        cmd += ["--ca-file", ca_file]
+    res = run_json([*cmd, "port-echo", uri, PORT_NAME, str(nbytes)])
+    if res.get("recv_sha256") != res.get("sent_sha256") or "seconds" not in res:
+        raise RuntimeError(f"spice-gtk echo failed or came back different: {res}")
+    seconds = res["seconds"]
+    assert isinstance(seconds, int | float)
+    return {"MBps": round(nbytes / seconds / 1e6, 2)}
+
+
+def gtk_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Result]:
+    """spice-gtk (the real client) echoing through a port: plain on both servers, and
+    trivmc over TLS."""
+    if not Path("/usr/bin/python3").exists() or not GTK_CLIENT.exists():
+        return []
+    mib = sizes.gtk_bytes >> 20
+    plain = Result("gtk_echo", f"spice-gtk echo, {mib} MiB", "MB/s", True, metric="MBps")
+    tls = Result("gtk_echo_tls", f"spice-gtk echo over TLS, {mib} MiB", "MB/s", True)
+    tls.metric = "MBps"
+    pki = _pki(tmp)
+    port, tport, aport = free_port(), free_port(), free_port()
+    tls_opts = ["--tls-listen", f"127.0.0.1:{tport}", "--cert", pki["cert"], "--key", pki["key"]]
+    tcmd = [*trivmc_cmd(port, "echo", 0), *tls_opts]
+    cmds = {"trivmc": (tcmd, port)}
+    if anchor is not None:
+        cmds["spice-server"] = (anchor_cmd(str(anchor), aport, "echo", 0), aport)
+    with servers(cmds) as procs:
+        wait_listening(tport, procs["trivmc"])
+        for _ in range(runs):
+            plain.add("trivmc", _gtk_echo(f"spice://127.0.0.1:{port}", sizes.gtk_bytes))
+            if anchor is not None:
+                plain.add("spice-server", _gtk_echo(f"spice://127.0.0.1:{aport}", sizes.gtk_bytes))
+            uri = f"spice://127.0.0.1?tls-port={tport}"
+            tls.add("trivmc", _gtk_echo(uri, sizes.gtk_bytes, pki["ca"]))
+    tls.text["spice-server"] = "n/a: the anchor has no TLS"
+    t, p = tls.median("trivmc"), plain.median("trivmc")
+    if t and p:
+        tls.note = f"TLS / plain for trivmc in this run: {t / p:.2f}"
+    plain.text["pump"] = tls.text["pump"] = "n/a"
+    return [plain, tls]
+
+
+SPECIAL: list[tuple[str, Callable[[Sizes, int, Path | None, Path], list[Result]]]] = [
+    ("rss", rss_rows),
+    ("sessions", sessions_rows),
+    ("gtk", gtk_rows),
+]

@@ -1,0 +1,38 @@
+"""One trivmc process serving SERVERS x PORTS echo port channels, for the live-sessions row.
+
+    python benchmarks/many_ports_server.py BASE_PORT SERVERS PORTS
+
+A SPICE channel id is one byte, so one SPICE server holds at most 256 port channels;
+1000 port sessions are therefore 4 servers of 250 ports (listening on BASE_PORT,
+BASE_PORT+1, ...) in this one process and one trio run, each with `multi_session` (a
+session per port). Prints `LISTENING` when all accept.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import AsyncExitStack
+
+import trio
+
+from trivmc.backends import EchoBackend
+from trivmc.server import Server, ServerConfig
+
+
+async def main(base: int, servers: int, ports: int) -> None:
+    async with AsyncExitStack() as stack:
+        for s in range(servers):
+            config = ServerConfig(listen=[("127.0.0.1", base + s)], multi_session=True)
+            server = Server(config)
+            for p in range(ports):
+                server.add_port(f"org.trivmc.bench.{s}.{p}", EchoBackend())
+            await stack.enter_async_context(server)
+        print("LISTENING", flush=True)
+        await trio.sleep_forever()
+
+
+if __name__ == "__main__":
+    try:
+        trio.run(main, int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    except KeyboardInterrupt:
+        pass

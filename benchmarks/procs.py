@@ -1,0 +1,116 @@
+"""Processes of a benchmark run: servers started and stopped, load clients run, RSS read.
+
+Every server is a child process on 127.0.0.1 that this module stops (terminate, then
+kill) however the run ends; every client run has a time limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("TRIVMC_SHARED", ROOT.parent / "shared"))
+ANCHOR_DIR = SHARED / "anchor"
+RAW_CLIENT = ANCHOR_DIR / "raw_client.py"
+GTK_CLIENT = ROOT / "tests" / "interop" / "gtk_client.py"
+PORT_NAME = "org.trivmc.bench.0"
+CLIENT_TIMEOUT = 300
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(count: int = 1) -> int:
+    """A port P with P..P+count-1 free on 127.0.0.1 and not handed out before (below
+    32768, as the anchor asks)."""
+    for base in range(20000 + os.getpid() % 4000 * 2, 32768 - count, count):
+        wanted = set(range(base, base + count))
+        if wanted & _handed_out:
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in wanted:
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.update(wanted)
+        return base
+    raise RuntimeError("no free ports")
+
+
+def anchor_binary() -> Path | None:
+    """The C spice-server reference, built once with its build.sh; None if it cannot be."""
+    out = ROOT / ".nox" / "anchor-server"
+    if out.exists():
+        return out
+    if not (ANCHOR_DIR / "build.sh").exists():
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["bash", str(ANCHOR_DIR / "build.sh"), str(out)], capture_output=True)
+    if r.returncode != 0 or not out.exists():
+        print(f"anchor build failed: {r.stderr.decode()[-500:]}", file=sys.stderr)
+        return None
+    return out
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Block until something accepts on 127.0.0.1:port (the server process is starting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of one process (its children not included)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server process until the block ends; yield it once `port` accepts."""
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_listening(port, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_json(cmd: list[str], timeout: float = CLIENT_TIMEOUT) -> dict[str, object]:
+    """Run a load client; its last stdout line is a JSON object (an `error` key fails)."""
+    r = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    lines = r.stdout.decode().strip().splitlines()
+    if r.returncode != 0 or not lines:
+        raise RuntimeError(f"{cmd[1:3]} failed ({r.returncode}): {r.stderr.decode()[-800:]}")
+    result: dict[str, object] = json.loads(lines[-1])
+    if "error" in result:
+        raise RuntimeError(f"{cmd[1:3]}: {result['error']}")
+    return result
+
+
+def py(script: Path | str, *args: str) -> list[str]:
+    return [sys.executable, str(script), *args]

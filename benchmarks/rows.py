@@ -1,0 +1,174 @@
+"""The benchmark rows: what each measures, how each server is started for it, and the
+target ratio the issue sets (trivmc / spice-server, same run)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from .procs import HERE, PORT_NAME, RAW_CLIENT, py
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big a run is: the default (~5 min) or `--quick` (~1 min)."""
+
+    total: int = 64 << 20
+    total_small: int = 16 << 20  # 64-byte messages
+    echo_small: int = 1000
+    echo_large: int = 200
+    links: int = 20
+    sessions: int = 1000
+    session_bytes: int = 64 << 10
+    gtk_bytes: int = 8 << 20
+
+
+QUICK = Sizes(16 << 20, 4 << 20, 300, 60, 10, 1000, 16 << 10, 2 << 20)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One throughput/latency row: the same client against the three servers."""
+
+    key: str
+    label: str
+    device: str  # sink | echo | source: the device each server runs
+    spice: list[str]  # raw_client.py arguments ({N} = the run's byte count)
+    pump: list[str]  # pump.py client arguments
+    metric: str
+    unit: str
+    higher: bool
+    target: float | None = None
+    also: list[str] = field(default_factory=list)  # more metrics shown in the cell
+    small: bool = False  # uses Sizes.total_small
+
+    def nbytes(self, sizes: Sizes) -> int:
+        return sizes.total_small if self.small else sizes.total
+
+    def fill(self, args: list[str], sizes: Sizes) -> list[str]:
+        subs = {
+            "{N}": str(self.nbytes(sizes)),
+            "{ECHO_SMALL}": str(sizes.echo_small),
+            "{ECHO_LARGE}": str(sizes.echo_large),
+            "{LINKS}": str(sizes.links),
+        }
+        return [subs.get(a, a) for a in args]
+
+
+def _send(
+    key: str, label: str, size: int, target: float | None, *extra: str, small: bool = False
+) -> Row:
+    msg = ["--msg-size", str(size), "--total", "{N}"]
+    return Row(
+        key,
+        label,
+        "sink",
+        ["send", *msg, *extra],
+        ["send", *msg],
+        "msgs_per_s",
+        "msg/s",
+        True,
+        target,
+        ["MBps"],
+        small,
+    )
+
+
+def _echo(key: str, label: str, size: int, count: str, target: float | None) -> Row:
+    args = ["echo", "--msg-size", str(size), "--count", count]
+    return Row(key, label, "echo", args, args, "median_us", "µs", False, target, ["p99_us"])
+
+
+ROWS = [
+    _send("send_64k", "client→device, 64 KiB messages", 65536, 1.0),
+    _send("send_4k", "client→device, 4 KiB messages", 4096, 0.7),
+    _send("send_64b", "client→device, 64 B messages", 64, 0.3, small=True),
+    _send(
+        "lz4_text_64k",
+        "client→device, LZ4, text, 64 KiB",
+        65536,
+        1.0,
+        "--pattern",
+        "text",
+        "--lz4",
+    ),
+    _send(
+        "lz4_random_64k",
+        "client→device, LZ4 offered, random, 64 KiB",
+        65536,
+        None,
+        "--pattern",
+        "random",
+        "--lz4",
+    ),
+    Row(
+        "recv",
+        "device→client, source:N",
+        "source",
+        ["recv", "--total", "{N}", "--pattern", "counter"],
+        ["recv", "--total", "{N}"],
+        "MBps",
+        "MB/s",
+        True,
+        1.0,
+    ),
+    Row(
+        "recv_lz4",
+        "device→client, source:N, LZ4",
+        "source",
+        ["recv", "--total", "{N}", "--pattern", "counter", "--lz4"],
+        ["recv", "--total", "{N}"],
+        "MBps",
+        "MB/s",
+        True,
+    ),
+    _echo("echo_64b", "echo round trip, 64 B", 64, "{ECHO_SMALL}", 1.2),
+    _echo("echo_64k", "echo round trip, 64 KiB", 65536, "{ECHO_LARGE}", None),
+    Row(
+        "link",
+        "connect + main + port link, per session",
+        "echo",
+        ["link", "--count", "{LINKS}"],
+        ["link", "--count", "{LINKS}"],
+        "median_ms",
+        "ms",
+        False,
+        0.2,
+    ),
+]
+
+
+def anchor_cmd(binary: str, port: int, device: str, nbytes: int) -> list[str]:
+    return [binary, "-p", str(port), "-n", PORT_NAME, "-m", device, "-N", str(nbytes)]
+
+
+def trivmc_cmd(port: int, device: str, nbytes: int) -> list[str]:
+    """trivmc as a user runs it: `trivmc serve` (the sink is a library-use script)."""
+    if device == "sink":
+        return py(HERE / "sink_server.py", f"127.0.0.1:{port}", PORT_NAME, str(nbytes))
+    backend = {"echo": "echo", "source": f"source:{nbytes}"}[device]
+    return [
+        sys.executable,
+        "-m",
+        "trivmc",
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--disable-ticketing",
+        "--log-level",
+        "WARNING",
+        "--port",
+        f"{PORT_NAME}={backend}",
+    ]
+
+
+def pump_cmd(port: int, device: str, nbytes: int) -> list[str]:
+    return py(HERE / "pump.py", "serve", device, "--port", str(port), "--total", str(nbytes))
+
+
+def spice_client(args: list[str], port: int) -> list[str]:
+    return py(RAW_CLIENT, *args, "--port", str(port))
+
+
+def pump_client(args: list[str], port: int) -> list[str]:
+    return py(HERE / "pump.py", *args, "--port", str(port))
