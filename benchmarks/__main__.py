@@ -4,9 +4,10 @@ Run with `nox -s bench` (about 5 minutes) or `nox -s bench -- --quick` (about 1)
 Each row runs the same load client, alternately, against trivmc (`trivmc serve`, in its
 own process), the spice-server anchor (`../shared/anchor`, built with its build.sh when
 it can be) and the raw loopback pump (`pump.py`); each figure is the median of `--runs`
-(at least 5). The table is printed and written, with the machine, to
-`benchmarks/results/latest.md`. Ratios are trivmc / spice-server from this one run: the
-machine is shared and noisy, so compare nothing across runs.
+(at least 5), after one warm-up run per server that is not counted. The table is
+printed and written, with the machine, to `benchmarks/results/latest.md`. Ratios are
+trivmc / spice-server from this one run: the machine is shared and noisy, so compare
+nothing across runs.
 """
 
 from __future__ import annotations
@@ -34,26 +35,34 @@ from .rows import (
     trivmc_cmd,
 )
 
+WARMUP = 1  # runs per server before the counted ones (caches, pools, page faults)
+
 
 def run_row(row: Row, sizes: Sizes, runs: int, anchor: Path | None) -> Result:
-    """Start the three servers once, then alternate the clients `runs` times."""
+    """Start the three servers once, then alternate the clients: one warm-up run each,
+    then `runs` counted runs."""
     result = Result(
         row.key, row.label, row.unit, row.higher, row.target, row.also, metric=row.metric
     )
     nbytes = row.nbytes(sizes)
-    who: dict[str, tuple[list[str], list[str], object]] = {}
     ports = {name: free_port() for name in ("trivmc", "spice-server", "pump")}
-    who["trivmc"] = (trivmc_cmd(ports["trivmc"], row.device, nbytes), row.spice, spice_client)
+    servers = {"trivmc": trivmc_cmd(ports["trivmc"], row.device, nbytes)}
     if anchor is not None:
-        cmd = anchor_cmd(str(anchor), ports["spice-server"], row.device, nbytes)
-        who["spice-server"] = (cmd, row.spice, spice_client)
-    who["pump"] = (pump_cmd(ports["pump"], row.device, nbytes), row.pump, pump_client)
-    with extra.servers({name: (cmd, ports[name]) for name, (cmd, _, _) in who.items()}):
-        for _ in range(runs):
-            for name, (_, args, client) in who.items():
-                res = run_json(client(row.fill(args, sizes), ports[name]))  # type: ignore[operator]
+        servers["spice-server"] = anchor_cmd(
+            str(anchor), ports["spice-server"], row.device, nbytes
+        )
+    servers["pump"] = pump_cmd(ports["pump"], row.device, nbytes)
+    with extra.servers({name: (cmd, ports[name]) for name, cmd in servers.items()}):
+        for run in range(WARMUP + runs):  # alternating; the warm-up run is not counted
+            for name in servers:
+                if name == "pump":
+                    cmd = pump_client(row.fill(row.pump, sizes), ports[name])
+                else:
+                    cmd = spice_client(row.fill(row.spice, sizes), ports[name], row.lean)
+                res = run_json(cmd)
                 extra.check(row, res, nbytes)
-                result.add(name, res)
+                if run >= WARMUP:
+                    result.add(name, res)
     return result
 
 

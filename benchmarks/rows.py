@@ -13,17 +13,17 @@ from .procs import HERE, PORT_NAME, RAW_CLIENT, py
 class Sizes:
     """How big a run is: the default (~5 min) or `--quick` (~1 min)."""
 
-    total: int = 64 << 20
-    total_small: int = 16 << 20  # 64-byte messages
-    echo_small: int = 1000
-    echo_large: int = 200
+    total: int = 256 << 20
+    total_small: int = 32 << 20  # 64-byte messages
+    echo_small: int = 2000
+    echo_large: int = 500
     links: int = 20
     sessions: int = 1000
     session_bytes: int = 64 << 10
     gtk_bytes: int = 8 << 20
 
 
-QUICK = Sizes(16 << 20, 4 << 20, 300, 60, 10, 1000, 16 << 10, 2 << 20)
+QUICK = Sizes(32 << 20, 8 << 20, 300, 100, 10, 1000, 16 << 10, 2 << 20)
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Row:
     target: float | None = None
     also: list[str] = field(default_factory=list)  # more metrics shown in the cell
     small: bool = False  # uses Sizes.total_small
+    lean: bool = False  # SPICE side driven by link_client.py (trivmc.protocol), not raw_client
 
     def nbytes(self, sizes: Sizes) -> int:
         return sizes.total_small if self.small else sizes.total
@@ -135,6 +136,18 @@ ROWS = [
         False,
         0.2,
     ),
+    Row(
+        "link_lean",
+        "the same, trivmc's lean link client",
+        "echo",
+        ["link", "--count", "{LINKS}"],
+        ["link", "--count", "{LINKS}"],
+        "median_ms",
+        "ms",
+        False,
+        0.2,
+        lean=True,
+    ),
 ]
 
 
@@ -166,7 +179,9 @@ def pump_cmd(port: int, device: str, nbytes: int) -> list[str]:
     return py(HERE / "pump.py", "serve", device, "--port", str(port), "--total", str(nbytes))
 
 
-def spice_client(args: list[str], port: int) -> list[str]:
+def spice_client(args: list[str], port: int, lean: bool = False) -> list[str]:
+    if lean:  # only the link row: link_client.py takes --count
+        return py(HERE / "link_client.py", *args[1:], "--port", str(port))
     return py(RAW_CLIENT, *args, "--port", str(port))
 
 

@@ -18,8 +18,9 @@ class ServerConfig:
 
     `password=None` disables ticketing (any well-formed ticket is accepted).
     `ticket_expiry` is an absolute `time.time()` after which every ticket is refused.
-    Link keys come from a pool of `key_pool_size`, made in a child process
-    (`key_process`) or, when that is off or fails, in a thread.
+    Link keys come from a pool of `key_pool_size` (a burst of that many links takes no
+    key-making time), made in a child process (`key_process`) or, when that is off or
+    fails, in a thread.
     """
 
     listen: list[tuple[str, int]] = field(default_factory=list)
@@ -31,7 +32,7 @@ class ServerConfig:
     max_vmc_message: int = MAX_VMC_MESSAGE
     max_main_message: int = MAX_MAIN_MESSAGE
     ping_interval: float | None = None
-    key_pool_size: int = 8
+    key_pool_size: int = 64
     key_process: bool = True
     tls_listen: list[tuple[str, int]] = field(default_factory=list)
     tls: ssl.SSLContext | None = None

@@ -1,13 +1,16 @@
 """The key generator process: RSA-1024 link keys made outside the server's process.
 
 cryptography's RSA key generation holds the GIL for milliseconds, which in a thread
-would stall the server's event loop; in this process it stalls nothing. Run as a
+would stall the server's event loop; in this process, at the lowest CPU priority, it
+stalls nothing. Run as a
 script (`python keygen_worker.py`), it imports only `cryptography`. Protocol on its
 pipes: the server writes a decimal count and a newline; the worker answers with that
 many keys, each a u16 big-endian length and the key's PKCS#8 DER. It exits at the end
 of its input.
 """
 
+import contextlib
+import os
 import struct
 import sys
 
@@ -27,6 +30,8 @@ def key_der() -> bytes:
 
 
 def main() -> int:
+    with contextlib.suppress(OSError):
+        os.nice(19)  # keys are made ahead of time: use only the CPU nobody else wants
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         count = min(int(line), MAX_BATCH)

@@ -284,8 +284,7 @@ class Server:
     async def _link(self, stream: trio.abc.Stream, conn: _Conn, initial: bytes) -> _Linked | None:
         peer = conn.peer
         machine = ServerLink()
-        key = self.keys.take()
-        self.key_maker.want()
+        key = await self.key_maker.take()
         mess: LinkMess | None = None
         data = initial
         while True:
