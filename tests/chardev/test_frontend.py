@@ -44,6 +44,22 @@ def test_chr_write_discards_without_client() -> None:
     assert fe.read(3) == b"hel" and fe.read(100) == b"lo"
 
 
+def test_read_hands_whole_chunks_over_without_a_copy() -> None:
+    fe = SpiceChardev(CollectingBackend())
+    fe.state(True)
+    big, small = bytes(range(256)) * 256, b"t" * 100
+    view = memoryview(big)[1:]  # a view of bytes is kept as it is
+    for chunk in (big, view, small, small):
+        assert fe.chr_write(chunk) == len(chunk)
+    limit = 64 * 1024 + 32
+    assert fe.read(limit) is big  # the next chunk does not fit beside it: no join
+    assert fe.read(limit) is view
+    assert fe.read(limit) == small * 2  # small chunks are joined
+    assert fe.read(limit) == b"" and not fe.blocked
+    assert fe.chr_write(bytearray(b"mutable")) == 7  # copied: the caller may reuse it
+    assert fe.read(3) == b"mut" and fe.read(100) == b"able"
+
+
 def test_port_fe_open_announced_once() -> None:
     fe = SpiceChardev(CollectingBackend(), DeviceSubtype.PORT, "p")
     seen: list[int] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,31 @@ def test_at_most_256_port_channels_with_a_clear_error() -> None:
     with pytest.raises(ValueError, match="one byte"):
         server.add_port("org.test.one-too-many", EchoBackend())
     assert len(server.channels) == 256
+
+
+async def test_messages_written_at_once_keep_their_order_when_the_kernel_takes_part() -> None:
+    a, b = trio.socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    opts = ChannelOptions("t", mini_header=True, max_message=1 << 20, is_unix=True)
+    client = ChannelClient(trio.SocketStream(a), opts)
+    bodies = [bytes([i]) * 3000 for i in range(200)]  # far more than the socket buffers
+    peer = trio.SocketStream(b)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run)
+        await trio.testing.wait_all_tasks_blocked()
+        for body in bodies:
+            client.send(101, body)
+        assert 0 < client.queued_bytes < sum(map(len, bodies))  # part written, the rest queued
+        decoder = MessageDecoder(True, 1 << 20)
+        got: list[bytes] = []
+        with trio.fail_after(10):
+            while len(got) < len(bodies):
+                got += [bytes(m.body) for m in decoder.feed(await peer.receive_some(65536))]
+            await client.wait_queued_below(1)
+        assert got == bodies and client.queued_bytes == 0
+        client.send(102, b"after")  # nothing queued: written at once again
+        assert client.queued_bytes == 0
+        msg = next(iter(decoder.feed(await peer.receive_some(65536))))
+        assert (msg.type, bytes(msg.body)) == (102, b"after")
+        nursery.cancel_scope.cancel()
+    await peer.aclose()

@@ -90,11 +90,10 @@ class SpiceChardev:
         if not pending:
             return b""
         first = pending[0]
-        if len(first) >= max_size or len(pending) == 1:
-            if len(first) <= max_size:
-                out = pending.popleft()
-            else:
-                out, pending[0] = first[:max_size], first[max_size:]
+        if len(first) > max_size:
+            out, pending[0] = first[:max_size], first[max_size:]
+        elif len(pending) == 1 or len(first) + len(pending[1]) > max_size:
+            out = pending.popleft()  # one whole chunk: handed over as it is, no join
         else:
             parts: list[DeviceData] = []
             size = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 256 * 1024
 BATCH_BYTES = 256 * 1024
 GATHER_MAX_MESSAGES = 64  # more (small) messages are joined: IOV_MAX is 1024
+FRAMED = -1  # a queued item already framed: the rest of a message written in part
 
 
 async def send_gathered(sock: trio.socket.SocketType, parts: list[Body]) -> int:
@@ -102,12 +104,29 @@ class ChannelClient:
         self.bytes_out = 0
         # plain sockets take scatter-gather writes; TLS and WebSocket streams do not
         self._gather_socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # messages written at once when nothing is queued (not under an ACK window)
+        sock = self._gather_socket
+        self._direct_fd = sock.fileno() if sock is not None and self.ack_window is None else None
+        self._queued_items = 0  # queued or being written by the sender
 
     # ---- sending ---------------------------------------------------------------
 
     def send(self, mtype: int, body: Body = b"") -> None:
-        """Queue one message (never blocks)."""
+        """Send one message, in order, without blocking: on a plain socket with nothing
+        queued or being written it is written at once (as spice-server does, with no
+        task switch); whatever the kernel does not take now is queued for the sender."""
+        if self._direct_fd is not None and not self._queued_items:
+            header = self.encoder.header(mtype, len(body))
+            try:
+                n = os.writev(self._direct_fd, (header, body) if len(body) else (header,))
+            except OSError:  # full (BlockingIOError) or broken: the sender deals with it
+                n = 0
+            self.bytes_out += n
+            if n == len(header) + len(body):
+                return
+            mtype, body = FRAMED, (header + bytes(body))[n:]
         self.queued_bytes += len(body)
+        self._queued_items += 1
         self._out_send.send_nowait((mtype, body))
 
     async def wait_queued_below(self, limit: int) -> None:
@@ -149,15 +168,21 @@ class ChannelClient:
             await self._write([item])
 
     async def _write(self, batch: list[tuple[int, Body]]) -> None:
+        header = self.encoder.header
+        parts: list[Body] = []  # header, body, header, body...: the bodies not copied
+        for mtype, body in batch:
+            if mtype != FRAMED:
+                parts.append(header(mtype, len(body)))
+            if len(body):
+                parts.append(body)
         sock = self._gather_socket
         if sock is not None and len(batch) <= GATHER_MAX_MESSAGES:
-            # header, body, header, body... straight from the bodies: no joined copy
-            parts = self.encoder.encode_parts(batch)
             self.bytes_out += await send_gathered(sock, parts)
         else:
-            data = self.encoder.encode_many(batch)
+            data = b"".join(parts)
             await self.stream.send_all(data)
             self.bytes_out += len(data)
+        self._queued_items -= len(batch)
         self.queued_bytes -= sum(len(b) for _, b in batch)
         self._queue_changed.set()
         self._queue_changed = trio.Event()
@@ -249,6 +274,7 @@ class ChannelClient:
                 await self._reader(initial)
                 nursery.cancel_scope.cancel()
         finally:
+            self._direct_fd = None  # the socket is closed after this: never write to it
             self._drop_queue()
 
     def _drop_queue(self) -> None:
@@ -258,4 +284,5 @@ class ChannelClient:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
         self.queued_bytes = 0
+        self._queued_items = 0
         self._queue_changed.set()
