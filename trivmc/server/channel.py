@@ -222,6 +222,7 @@ class ChannelClient:
         feed = self.decoder.feed
         handle_now = self.handle_now
         dispatch = self._dispatch
+        receive = self._receive_plain if self._gather_socket is not None else self._receive
         data: bytes | bytearray = initial
         while True:
             if data:
@@ -229,11 +230,29 @@ class ChannelClient:
                 for msg in feed(data):
                     if not handle_now(msg.type, msg.body):
                         await dispatch(msg)
-            data = await self.stream.receive_some(RECEIVE_SIZE)
+            data = await receive()
             if not data:
                 if self.decoder.pending:
                     log.info("%s: peer closed in the middle of a message", self.name)
                 return
+
+    async def _receive(self) -> bytes | bytearray:
+        return await self.stream.receive_some(RECEIVE_SIZE)
+
+    async def _receive_plain(self) -> bytes:
+        """`receive_some` of a plain socket with the layers it does not need taken off:
+        one read of the fd, one scheduling point (as trio's own has), and a wait for
+        readability only when there is nothing to read."""
+        sock = self._gather_socket
+        assert sock is not None
+        await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                return os.read(sock.fileno(), RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+            except OSError as e:
+                raise trio.BrokenResourceError(f"socket read failed: {e}") from e
 
     # ---- pings -----------------------------------------------------------------
 
