@@ -52,7 +52,8 @@ def decompress_body(body: Body, max_size: int) -> bytes:
     if len(body) < _HEAD.size:
         raise DecompressError("COMPRESSED_DATA body shorter than its header")
     _, size = _HEAD.unpack_from(body, 0)
-    return decompress_block(memoryview(body)[_HEAD.size :], size, max_size)
+    block = body[_HEAD.size :] if isinstance(body, memoryview) else memoryview(body)[_HEAD.size :]
+    return decompress_block(block, size, max_size)
 
 
 def decompress_block(block: Body, size: int, max_size: int) -> bytes:
