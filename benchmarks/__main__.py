@@ -53,8 +53,10 @@ def run_row(row: Row, sizes: Sizes, runs: int, anchor: Path | None) -> Result:
         )
     servers["pump"] = pump_cmd(ports["pump"], row.device, nbytes)
     with extra.servers({name: (cmd, ports[name]) for name, cmd in servers.items()}):
+        names = list(servers)
         for run in range(WARMUP + runs):  # alternating; the warm-up run is not counted
-            for name in servers:
+            k = run % len(names)
+            for name in names[k:] + names[:k]:  # each server goes first in turn
                 if name == "pump":
                     cmd = pump_client(row.fill(row.pump, sizes), ports[name])
                 else:
@@ -88,10 +90,12 @@ def machine() -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--quick", action="store_true", help="smaller runs: about a minute")
-    p.add_argument("--runs", type=int, default=5, help="runs per figure (median; >= 5)")
+    p.add_argument("--runs", type=int, help="runs per figure (median; >= 5; default 7, 5 quick)")
     p.add_argument("--out", default=str(HERE / "results" / "latest.md"))
     p.add_argument("rows", nargs="*", help="only these rows (keys), e.g. send_64k link")
     a = p.parse_args()
+    if a.runs is None:
+        a.runs = 5 if a.quick else 7
     if a.runs < 5:
         p.error("--runs must be at least 5 (each figure is a median of at least 5)")
     sizes = QUICK if a.quick else Sizes()

@@ -13,7 +13,7 @@ from .procs import HERE, PORT_NAME, RAW_CLIENT, py
 class Sizes:
     """How big a run is: the default (~5 min) or `--quick` (~1 min)."""
 
-    total: int = 256 << 20
+    total: int = 1 << 30
     total_small: int = 32 << 20  # 64-byte messages
     echo_small: int = 2000
     echo_large: int = 500
