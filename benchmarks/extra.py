@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -188,7 +189,12 @@ def _gtk_echo(uri: str, nbytes: int, ca_file: str | None = None) -> dict[str, ob
 def gtk_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Result]:
     """spice-gtk (the real client) echoing through a port: plain on both servers, and
     trivmc over TLS."""
+    probe = "import gi; gi.require_version('SpiceClientGLib', '2.0')"
     if not Path("/usr/bin/python3").exists() or not GTK_CLIENT.exists():
+        print("spice-gtk rows skipped: no Debian python3", file=sys.stderr)
+        return []
+    if subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True).returncode:
+        print("spice-gtk rows skipped: gir1.2-spiceclientglib-2.0 is missing", file=sys.stderr)
         return []
     mib = sizes.gtk_bytes >> 20
     plain = Result("gtk_echo", f"spice-gtk echo, {mib} MiB", "MB/s", True, metric="MBps")
