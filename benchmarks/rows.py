@@ -4,7 +4,7 @@ target ratio the issue sets (trivmc / spice-server, same run)."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .procs import HERE, PORT_NAME, RAW_CLIENT, py
 
@@ -80,6 +80,12 @@ def _echo(key: str, label: str, size: int, count: str, target: float | None) -> 
     return Row(key, label, "echo", args, args, "median_us", "µs", False, target, ["p99_us"])
 
 
+_links = ["link", "--count", "{LINKS}"]
+LINK = Row(
+    "link", "connect + main + port link, per session", "echo", _links, _links, "median_ms",
+    "ms", False, 0.2,
+)  # fmt: skip
+
 ROWS = [
     _send("send_64k", "client→device, 64 KiB messages", 65536, 1.0),
     _send("send_4k", "client→device, 4 KiB messages", 4096, 0.7),
@@ -125,29 +131,8 @@ ROWS = [
     ),
     _echo("echo_64b", "echo round trip, 64 B", 64, "{ECHO_SMALL}", 1.2),
     _echo("echo_64k", "echo round trip, 64 KiB", 65536, "{ECHO_LARGE}", None),
-    Row(
-        "link",
-        "connect + main + port link, per session",
-        "echo",
-        ["link", "--count", "{LINKS}"],
-        ["link", "--count", "{LINKS}"],
-        "median_ms",
-        "ms",
-        False,
-        0.2,
-    ),
-    Row(
-        "link_lean",
-        "the same, trivmc's lean link client",
-        "echo",
-        ["link", "--count", "{LINKS}"],
-        ["link", "--count", "{LINKS}"],
-        "median_ms",
-        "ms",
-        False,
-        0.2,
-        lean=True,
-    ),
+    LINK,
+    replace(LINK, key="link_lean", label="the same, trivmc's lean link client", lean=True),
 ]
 
 
