@@ -179,16 +179,6 @@ class MessageEncoder:
         out += self.header(mtype, len(body))
         out += body
 
-    def encode_parts(self, messages: Iterable[tuple[int, Buffer]]) -> list[Buffer]:
-        """Header, body, header, body...: the batch as pieces for a scatter-gather send
-        (empty bodies left out); the bodies are not copied."""
-        parts: list[Buffer] = []
-        for mtype, body in messages:
-            parts.append(self.header(mtype, len(body)))
-            if len(body):
-                parts.append(body)
-        return parts
-
     def encode_many(self, messages: Iterable[tuple[int, Buffer]]) -> bytes:
         """Many framed messages batched into one buffer (one send)."""
         parts: list[Buffer] = []

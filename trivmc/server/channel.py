@@ -133,7 +133,10 @@ class ChannelClient:
             self.bytes_out += n
             if n == len(header) + len(body):
                 return
-            mtype, body = FRAMED, (header + bytes(body))[n:]
+            if n >= len(header):  # the rest of the body, as it is (bodies are immutable)
+                mtype, body = FRAMED, memoryview(body)[n - len(header) :]
+            else:
+                mtype, body = FRAMED, header[n:] + bytes(body)
         self.queued_bytes += len(body)
         self._queued_items += 1
         self._out_send.send_nowait((mtype, body))
