@@ -14,6 +14,7 @@ from .procs import (
     HERE,
     PORT_NAME,
     free_port,
+    pin_client,
     py,
     rss_kib,
     run_json,
@@ -75,7 +76,12 @@ def session_client(
     cmd += ["--sessions", str(sizes.sessions), "--per-server", str(PER_SERVER)]
     cmd += ["--bytes", str(sizes.session_bytes), "--rounds", str(runs)]
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=pin_client,
     )
     try:
         yield proc

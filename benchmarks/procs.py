@@ -62,6 +62,23 @@ def anchor_binary() -> Path | None:
     return out
 
 
+SERVER_CPUS = {1} if (os.cpu_count() or 1) >= 2 else None
+CLIENT_CPUS = {0} if SERVER_CPUS else None
+
+
+def pin_server() -> None:
+    """In a server's child before exec: its own core (the load client gets another),
+    so every server is measured in the same placement, not wherever the scheduler
+    put it this time."""
+    if SERVER_CPUS:
+        os.sched_setaffinity(0, SERVER_CPUS)
+
+
+def pin_client() -> None:
+    if CLIENT_CPUS:
+        os.sched_setaffinity(0, CLIENT_CPUS)
+
+
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     """Block until something accepts on 127.0.0.1:port (the server process is starting)."""
     deadline = time.monotonic() + timeout
@@ -86,7 +103,11 @@ def rss_kib(pid: int) -> int:
 def server(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server process until the block ends; yield it once `port` accepts."""
     proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=pin_server,
     )
     try:
         wait_listening(port, proc)
@@ -102,7 +123,7 @@ def server(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
 
 def run_json(cmd: list[str], timeout: float = CLIENT_TIMEOUT) -> dict[str, object]:
     """Run a load client; its last stdout line is a JSON object (an `error` key fails)."""
-    r = subprocess.run(cmd, capture_output=True, timeout=timeout)
+    r = subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=pin_client)
     lines = r.stdout.decode().strip().splitlines()
     if r.returncode != 0 or not lines:
         raise RuntimeError(f"{cmd[1:3]} failed ({r.returncode}): {r.stderr.decode()[-800:]}")
