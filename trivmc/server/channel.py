@@ -34,6 +34,8 @@ from ..protocol.messages import Body
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
+RECEIVE_SIZE_LARGE = 1024 * 1024  # after a read whose messages averaged LARGE_MESSAGE
+LARGE_MESSAGE = 4 * 1024
 BATCH_BYTES = 256 * 1024
 GATHER_MAX_MESSAGES = 64  # more (small) messages are joined: IOV_MAX is 1024
 FRAMED = -1  # a queued item already framed: the rest of a message written in part
@@ -236,22 +238,28 @@ class ChannelClient:
         dispatch = self._dispatch
         receive = self._receive_plain if self._gather_socket is not None else self._receive
         data: bytes | bytearray = initial
+        size = RECEIVE_SIZE
         while True:
             if data:
                 self.bytes_in += len(data)
-                for msg in feed(data):
+                messages = feed(data)
+                for msg in messages:
                     if not handle_now(msg.type, msg.body):
                         await dispatch(msg)
-            data = await receive()
+                # big messages: big reads (fewer reads and split bodies); small ones:
+                # reads that do not make tens of thousands of message objects at once
+                big = len(data) >= LARGE_MESSAGE * (len(messages) + 1)
+                size = RECEIVE_SIZE_LARGE if big else RECEIVE_SIZE
+            data = await receive(size)
             if not data:
                 if self.decoder.pending:
                     log.info("%s: peer closed in the middle of a message", self.name)
                 return
 
-    async def _receive(self) -> bytes | bytearray:
-        return await self.stream.receive_some(RECEIVE_SIZE)
+    async def _receive(self, size: int) -> bytes | bytearray:
+        return await self.stream.receive_some(size)
 
-    async def _receive_plain(self) -> bytes:
+    async def _receive_plain(self, size: int) -> bytes:
         """`receive_some` of a plain socket with the layers it does not need taken off:
         one read of the fd, one scheduling point (as trio's own has), and a wait for
         readability only when there is nothing to read."""
@@ -260,7 +268,7 @@ class ChannelClient:
         await trio.lowlevel.checkpoint()
         while True:
             try:
-                return os.read(sock.fileno(), RECEIVE_SIZE)
+                return os.read(sock.fileno(), size)
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
             except OSError as e:
