@@ -133,7 +133,7 @@ def sessions_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> li
     idle, linked, after, rounds = _sessions_run("spice", cmd, port, sizes, runs)
     pport = free_port()
     p_idle, _, p_after, p_rounds = _sessions_run(
-        "raw", pump_cmd(pport, "echo", 0), pport, sizes, runs
+        "raw", pump_cmd(pport, "echo", 0, many=True), pport, sizes, runs
     )
     per = Result(
         "rss_per_session",

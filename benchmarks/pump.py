@@ -4,7 +4,7 @@ No SPICE, no framing: the same payload bytes over plain TCP on 127.0.0.1, moved 
 large `sendall`s and `recv_into` a reusable buffer. Standard library only; runs as its
 own process on each side, like the servers and load clients it stands beside.
 
-    python pump.py serve sink|echo|source --port P [--total N]
+    python pump.py serve sink|echo|source --port P [--total N] [--many]
     python pump.py send --msg-size S --total N --port P     # waits for the sink's record
     python pump.py recv --total N --port P
     python pump.py echo --msg-size S --count C --port P
@@ -23,6 +23,7 @@ import socket
 import statistics
 import struct
 import sys
+import threading
 import time
 
 BATCH = 4 << 20
@@ -41,11 +42,51 @@ class _Conn:
         self.first_ns = 0
         self.out = bytearray()
         self.sent = 0  # source: pattern bytes sent so far
+        self.events = 0  # what the selector watches for now
+
+
+def _serve_one(sock: socket.socket, mode: str, total: int) -> None:
+    """One connection on a blocking socket in its own thread: the tightest Python loop
+    (one big `recv_into` or `sendall` per system call, the GIL released in each)."""
+    buf = bytearray(RECV)
+    view = memoryview(buf)
+    count = first_ns = 0
+    with sock:
+        try:
+            if mode == "source":
+                pattern, sent = memoryview(PATTERN), 0
+                while sent < total:
+                    size = min(RECV, total - sent)
+                    sock.sendall(pattern[sent % 251 : sent % 251 + size])
+                    sent += size
+            while n := sock.recv_into(buf):
+                if mode == "echo":
+                    sock.sendall(view[:n])
+                elif mode == "sink":
+                    now = time.perf_counter_ns()
+                    first_ns = first_ns if count else now
+                    count += n
+                    if total and count >= total:
+                        sock.sendall(b"TRIVDONE" + struct.pack("<QQ", count, now - first_ns))
+                        count = 0
+        except OSError:
+            pass
+
+
+def serve_threads(mode: str, port: int, total: int) -> None:
+    """Serve until killed, a thread per connection (for the rows with one client)."""
+    lst = socket.create_server(("127.0.0.1", port), backlog=128)
+    print(f"LISTENING port={port}", flush=True)
+    while True:
+        sock, _ = lst.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=_serve_one, args=(sock, mode, total), daemon=True).start()
 
 
 def serve(mode: str, port: int, total: int) -> None:
-    """Serve until killed: `sink` counts and reports `TRIVDONE` every `total` bytes,
-    `echo` returns what it reads, `source` sends each connection `total` bytes."""
+    """Serve until killed, all connections in one selector loop (for the 1000-session
+    row): `sink` counts and reports `TRIVDONE` every `total` bytes, `echo` returns what
+    it reads, `source` sends each connection `total` bytes."""
     sel = selectors.DefaultSelector()
     lst = socket.create_server(("127.0.0.1", port), backlog=4096)
     lst.setblocking(False)
@@ -58,7 +99,9 @@ def serve(mode: str, port: int, total: int) -> None:
     def want(conn: _Conn) -> None:
         writing = bool(conn.out) or (conn.mode == "source" and conn.sent < conn.total)
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
-        sel.modify(conn.sock, events, conn)
+        if events != conn.events:  # a system call only when the interest changes
+            conn.events = events
+            sel.modify(conn.sock, events, conn)
 
     def close(conn: _Conn) -> None:
         sel.unregister(conn.sock)
@@ -72,6 +115,7 @@ def serve(mode: str, port: int, total: int) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn = _Conn(sock, mode, total)
                 sel.register(sock, selectors.EVENT_READ, conn)
+                conn.events = selectors.EVENT_READ
                 want(conn)
                 continue
             conn = key.data
@@ -213,10 +257,11 @@ def main() -> int:
     p.add_argument("--msg-size", type=int, default=65536)
     p.add_argument("--total", type=int, default=64 << 20)
     p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--many", action="store_true", help="serve: one selector loop for all")
     a = p.parse_args()
     if a.mode == "serve":
         try:
-            serve(a.device or "echo", a.port, a.total)
+            (serve if a.many else serve_threads)(a.device or "echo", a.port, a.total)
         except KeyboardInterrupt:
             pass
         return 0

@@ -160,8 +160,9 @@ def trivmc_cmd(port: int, device: str, nbytes: int) -> list[str]:
     ]
 
 
-def pump_cmd(port: int, device: str, nbytes: int) -> list[str]:
-    return py(HERE / "pump.py", "serve", device, "--port", str(port), "--total", str(nbytes))
+def pump_cmd(port: int, device: str, nbytes: int, many: bool = False) -> list[str]:
+    cmd = py(HERE / "pump.py", "serve", device, "--port", str(port), "--total", str(nbytes))
+    return [*cmd, "--many"] if many else cmd
 
 
 def spice_client(args: list[str], port: int, lean: bool = False) -> list[str]:
