@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import trio
 
 from . import extra
 from .procs import HERE, anchor_binary, free_port, run_json
@@ -69,8 +72,6 @@ def run_row(row: Row, sizes: Sizes, runs: int, anchor: Path | None) -> Result:
 
 
 def machine() -> list[str]:
-    import trio
-
     try:
         spice = subprocess.run(
             ["dpkg-query", "-W", "-f", "${Version}", "libspice-server1"],
@@ -81,7 +82,7 @@ def machine() -> list[str]:
         spice = ""
     return [
         f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- cores: {__import__('os').cpu_count()}, {platform.machine()}, {platform.platform()}",
+        f"- cores: {os.cpu_count()}, {platform.machine()}, {platform.platform()}",
         f"- Python {platform.python_version()}, trio {trio.__version__}",
         f"- spice-server (anchor): libspice-server1 {spice or 'not installed'}",
     ]

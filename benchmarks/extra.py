@@ -4,6 +4,7 @@ spice-gtk echo (plain and TLS). Plus the checks every client result must pass.""
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -108,8 +109,6 @@ def _sessions_run(
     kind: str, cmd: list[str], port: int, sizes: Sizes, runs: int
 ) -> tuple[float, float, float, list[float]]:
     """(RSS idle, RSS linked, RSS after echo rounds) in KiB and each round's MB/s."""
-    import json
-
     last = port + (-(-sizes.sessions // PER_SERVER) - 1 if kind == "spice" else 0)
     # the many-ports server opens its listeners in order: the last one up means all are
     with server(cmd, last) as srv, session_client(kind, port, sizes, runs) as client:
