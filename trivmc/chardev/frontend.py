@@ -78,13 +78,11 @@ class SpiceChardev:
             self.backend.read(data)
             return total
         done = 0
-        while done < total:
-            room = self.backend.can_read()
-            if room <= 0:
-                break
+        while done < total and room > 0:
             chunk = data[done : done + room]
             self.backend.read(chunk)
             done += len(chunk)
+            room = self.backend.can_read()
         return done
 
     def read(self, max_size: int) -> DeviceData:
