@@ -34,6 +34,7 @@ from ..protocol import (
     check_password,
     verify_ticket,
 )
+from ..protocol.ticket import LinkKey
 from ..transport import accept_websocket
 from .channel import ChannelOptions
 from .config import ServerConfig
@@ -281,10 +282,14 @@ class Server:
             return self.channel_list
         return lambda: [c for c in self.channel_list() if c[0] != ChannelType.USBREDIR]
 
+    async def _link_key(self) -> LinkKey:
+        """The RSA key of one link, taken once its link message is complete."""
+        return await self.key_maker.take()
+
     async def _link(self, stream: trio.abc.Stream, conn: _Conn, initial: bytes) -> _Linked | None:
         peer = conn.peer
         machine = ServerLink()
-        key = await self.key_maker.take()
+        key: LinkKey | None = None
         mess: LinkMess | None = None
         data = initial
         while True:
@@ -318,10 +323,11 @@ class Server:
                     caps = []
                     if mess.channel_type in VMC_CHANNEL_TYPES:
                         caps = vmc_channel_caps(lz4=not conn.websocket)
+                    key = await self._link_key()  # only for a complete, well-formed link
                     await stream.send_all(machine.accept(key.public_der, caps))
                     events += machine.pending_events()
                 elif isinstance(ev, TicketReceived):
-                    assert mess is not None
+                    assert mess is not None and key is not None
                     code = verify_ticket(
                         key,
                         ev.ticket,
