@@ -1,11 +1,13 @@
 """CharDevice: spice-server's RedCharDevice on trio.
 
 Client -> device: `await get_write_buffer(data)` takes a self token (128 for a VMC
-device; it waits when none is free, which stops the caller reading its socket), then
+device) and waits while the bytes buffered for the device reach its byte budget (both
+stop the caller reading its socket, so TCP pushes back on the client); then
 `write_buffer_add(buf)` writes it at once when the device is idle (as spice-server
 does) and queues what is left on a memory channel; the writer task writes queued
 buffers in order, keeping the unwritten rest of a partial write, and retries when the
-instance signals `wakeup_writable()` or after `RETRY_INTERVAL`.
+instance signals `wakeup_writable()` or after `RETRY_INTERVAL`. Bound: at most
+`byte_budget` bytes plus one buffer are ever held (`buffered_bytes`).
 
 Device -> client: `wakeup()` makes the reader task read chunks of at most `max_read`
 bytes while a client is attached and the device runs, until the instance has nothing;
@@ -34,6 +36,7 @@ from .interface import DeviceClient, DeviceInstance
 log = logging.getLogger(__name__)
 
 VMC_TOKENS = 128
+BYTE_BUDGET = 4 * 1024 * 1024  # client -> device bytes held per device (docs/limits.md)
 MAX_READ = 64 * 1024 + 32
 CLIENT_QUEUE_LIMIT = 1024 * 1024
 READ_BATCH = 256 * 1024  # bytes read for a client between two scheduling points
@@ -89,12 +92,15 @@ class CharDevice:
         instance: DeviceInstance,
         *,
         tokens: int = VMC_TOKENS,
+        byte_budget: int = BYTE_BUDGET,
         max_read: int = MAX_READ,
         client_queue_limit: int = CLIENT_QUEUE_LIMIT,
         retry_interval: float = RETRY_INTERVAL,
     ) -> None:
         self.instance = instance
         self.total_tokens = tokens
+        self.byte_budget = byte_budget
+        self.buffered_bytes = 0  # accepted for the device and not yet written
         self.max_read = max_read
         self.client_queue_limit = client_queue_limit
         self.retry_interval = retry_interval
@@ -107,6 +113,7 @@ class CharDevice:
         self._retry_first = False  # the queued head was partly written inline
         self._inline_reading = False
         self._writable = _Flag()
+        self._room = _Flag()  # buffered_bytes went below the budget
         self._readable = _Flag()
         self._running = True
         self._running_changed = trio.Event()
@@ -127,8 +134,12 @@ class CharDevice:
 
     @property
     def idle(self) -> bool:
-        """True when every token is free and no buffer is outstanding."""
-        return self.tokens_free == self.total_tokens and self.outstanding_buffers == 0
+        """True when every token is free and no buffer or byte is outstanding."""
+        return (
+            self.tokens_free == self.total_tokens
+            and self.outstanding_buffers == 0
+            and self.buffered_bytes == 0
+        )
 
     # ---- client -> device ------------------------------------------------------
 
@@ -136,23 +147,43 @@ class CharDevice:
         self.outstanding_buffers -= 1
         self._tokens.release()
 
+    @property
+    def has_room(self) -> bool:
+        """A token is free and the buffered bytes are under the budget."""
+        return self._tokens.value > 0 and self.buffered_bytes < self.byte_budget
+
+    @property
+    def writes_now(self) -> bool:
+        """`try_write` would take data now (the device runs with nothing queued and a
+        token free): a caller may make the data (decompress it) just for that."""
+        return not self._queued and self._running and self._tokens.value > 0
+
     async def get_write_buffer(
-        self, data: bytes | bytearray | memoryview, compressed: bool = False
+        self, data: bytes | bytearray | memoryview = b"", compressed: bool = False
     ) -> WriteBuffer:
-        """Wait for a free token, then wrap `data` (owned by the caller from now on).
-        With a token free it returns without a task switch (the hot path)."""
-        try:
+        """Wait for a free token and for the buffered bytes to be under the budget,
+        then wrap `data` (owned by the caller from now on; the caller may set
+        `buf.data` later, before `write_buffer_add`, e.g. to decompress only once
+        there is room). With room it returns without a task switch (the hot path)."""
+        if self.has_room:
             self._tokens.acquire_nowait()
-        except trio.WouldBlock:
+        else:
             await self._tokens.acquire()
+            try:
+                while self.buffered_bytes >= self.byte_budget:
+                    await self._room.wait()
+            except BaseException:
+                self._tokens.release()
+                raise
         self.outstanding_buffers += 1
         return WriteBuffer(data, self._release_token, compressed)
 
     @contextlib.asynccontextmanager
     async def write_buffer(
-        self, data: bytes | bytearray | memoryview, compressed: bool = False
+        self, data: bytes | bytearray | memoryview = b"", compressed: bool = False
     ) -> AsyncIterator[WriteBuffer]:
-        """Take a token and a buffer for `data`; queue it when the block ends normally,
+        """Take a token and a buffer for `data` (or for what the block puts in
+        `buf.data`); queue it when the block ends normally,
         release it when the block raises (cancellation included)."""
         buf = await self.get_write_buffer(data, compressed)
         try:
@@ -179,9 +210,18 @@ class CharDevice:
             self.outstanding_buffers += 1
             buf = WriteBuffer(memoryview(data)[n:], self._release_token)
             self._retry_first = True  # the writer waits before it tries again
-            self._send.send_nowait(buf)
-            self._queued += 1
+            self._enqueue(buf)
         return True
+
+    def _enqueue(self, buf: WriteBuffer) -> None:
+        self.buffered_bytes += len(buf.data)
+        self._send.send_nowait(buf)
+        self._queued += 1
+
+    def _unbuffer(self, n: int) -> None:
+        self.buffered_bytes -= n
+        if self.buffered_bytes < self.byte_budget:
+            self._room.set()
 
     def write_buffer_add(self, buf: WriteBuffer) -> None:
         """Hand `buf` to the device; the device owns it from now on (never blocks).
@@ -201,8 +241,7 @@ class CharDevice:
                 return
             buf.data = memoryview(buf.data)[n:]
             self._retry_first = True  # the writer waits before it tries again
-        self._send.send_nowait(buf)
-        self._queued += 1
+        self._enqueue(buf)
 
     def wakeup_writable(self) -> None:
         """The instance can take more data (NOTIFY_WRITABLE). Never lost."""
@@ -226,8 +265,8 @@ class CharDevice:
             except trio.WouldBlock:
                 buf = await self._recv.receive()
             gen = self._reset_gen
+            view = memoryview(buf.data) if not isinstance(buf.data, memoryview) else buf.data
             try:
-                view = memoryview(buf.data) if not isinstance(buf.data, memoryview) else buf.data
                 while len(view) and gen == self._reset_gen:
                     if not self._running:
                         await self._running_changed.wait()  # start() or reset()
@@ -241,10 +280,12 @@ class CharDevice:
                     if n > 0:
                         self.stats.in_data += n
                         view = view[n:]
+                        self._unbuffer(n)
                     if len(view) and gen == self._reset_gen:
                         await self._wait_writable()
             finally:
                 self._queued -= 1
+                self._unbuffer(len(view))  # what is left unwritten (reset, cancelled)
                 buf.release()
 
     # ---- device -> client ------------------------------------------------------
@@ -354,6 +395,7 @@ class CharDevice:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
             self._queued -= 1
+            self._unbuffer(len(buf.data))
             buf.release()
         self._writable.set()
         self._running_changed.set()  # a stopped writer drops its buffer too

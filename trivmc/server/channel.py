@@ -72,9 +72,26 @@ class UnknownMessage(ProtocolError):
     """A message type this channel does not handle (spice-server closes the channel)."""
 
 
+class PeerNotReading(ProtocolError):
+    """The peer let its outgoing queue pass the channel's bound: it is disconnected."""
+
+
+class PeerUnresponsive(ProtocolError):
+    """The peer answered none of the last `ping_misses` PINGs: it is disconnected."""
+
+
+MAX_QUEUED = 2 * 1024 * 1024
+PING_MISSES = 3
+OUTSTANDING_PINGS = 8  # PINGs remembered for matching late PONGs
+
+
 @dataclass(frozen=True)
 class ChannelOptions:
-    """How one channel connection is framed and bounded."""
+    """How one channel connection is framed and bounded.
+
+    `max_queued`: bytes queued for the peer beyond which it is disconnected (a peer
+    that does not read); `ping_interval` / `ping_misses`: PING every interval,
+    disconnect after that many PINGs in a row went unanswered."""
 
     name: str
     mini_header: bool
@@ -82,14 +99,17 @@ class ChannelOptions:
     is_unix: bool
     ack_window: int | None = None
     ping_interval: float | None = None
+    max_queued: int = MAX_QUEUED
+    ping_misses: int = PING_MISSES
 
 
 class ChannelClient:
     """The transport side of one channel client: framing, queues, ack window, pings.
 
     Guarantees: messages are written in the order queued; `run()` returns when the peer
-    closes, and raises `ProtocolError` (after logging nothing itself) on bad input; the
-    queue is dropped when `run()` ends.
+    closes, and raises `ProtocolError` (after logging nothing itself) on bad input, on
+    a queue above `max_queued` bytes (`PeerNotReading`) and on unanswered PINGs
+    (`PeerUnresponsive`); the queue is dropped when `run()` ends.
     """
 
     def __init__(self, stream: trio.abc.Stream, opts: ChannelOptions) -> None:
@@ -109,7 +129,8 @@ class ChannelClient:
         self._acked = trio.Event()
         self.ping_interval = None if opts.is_unix else opts.ping_interval
         self._ping_id = 0
-        self._ping_sent: dict[int, int] = {}
+        self._ping_sent: dict[int, int] = {}  # id -> timestamp, oldest first
+        self.pings_unanswered = 0  # PINGs sent since the last PONG that matched one
         self.min_rtt: float | None = None
         self.bytes_in = 0
         self.bytes_out = 0
@@ -119,6 +140,9 @@ class ChannelClient:
         sock = self._gather_socket
         self._direct_fd = sock.fileno() if sock is not None and self.ack_window is None else None
         self._queued_items = 0  # queued or being written by the sender
+        self._failure: ProtocolError | None = None  # why the connection must end
+        self._scope: trio.CancelScope | None = None  # run()'s, while it runs
+        self._closed_early = False  # disconnect() before run()
 
     # ---- sending ---------------------------------------------------------------
 
@@ -139,9 +163,34 @@ class ChannelClient:
                 mtype, body = FRAMED, memoryview(body)[n - len(header) :]
             else:
                 mtype, body = FRAMED, header[n:] + bytes(body)
+        if self.queued_bytes + len(body) > self.opts.max_queued:
+            self._fail(
+                PeerNotReading(
+                    f"{self.name}: the peer is not reading: {self.queued_bytes + len(body)}"
+                    f" bytes would be queued for it, bound {self.opts.max_queued}"
+                )
+            )
+            return
         self.queued_bytes += len(body)
         self._queued_items += 1
         self._out_send.send_nowait((mtype, body))
+
+    def _fail(self, why: ProtocolError) -> None:
+        """End the connection from anywhere (never raises into the caller, which may be
+        a device or backend task): nothing more is written, `run()` raises `why`."""
+        if self._failure is None:
+            self._failure = why
+            self._direct_fd = None
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def disconnect(self) -> None:
+        """End the connection from the server's side: `run()` returns."""
+        self._direct_fd = None
+        if self._scope is not None:
+            self._scope.cancel()
+        else:
+            self._closed_early = True
 
     async def wait_queued_below(self, limit: int) -> None:
         while self.queued_bytes >= limit:
@@ -277,24 +326,38 @@ class ChannelClient:
     # ---- pings -----------------------------------------------------------------
 
     def _on_pong(self, pong: Pong) -> None:
-        sent = self._ping_sent.pop(pong.id, None)
+        sent = self._ping_sent.get(pong.id)
         if sent is None or sent != pong.timestamp:
             return  # not ours: ignore
+        for pid in list(self._ping_sent):  # this PING and the ones before it are done
+            del self._ping_sent[pid]
+            if pid == pong.id:
+                break
+        self.pings_unanswered = 0
         rtt = (time.monotonic_ns() - sent) / 1e9
         if self.min_rtt is None or rtt < self.min_rtt:
             self.min_rtt = rtt
 
     def ping(self) -> None:
-        """Queue a PING; its PONG updates `min_rtt`."""
+        """Queue a PING; its PONG (even a late one) updates `min_rtt` and shows the
+        peer is alive."""
         self._ping_id = (self._ping_id + 1) & 0xFFFFFFFF
         ts = time.monotonic_ns()
-        self._ping_sent = {self._ping_id: ts}  # only the latest is outstanding
+        self._ping_sent[self._ping_id] = ts
+        while len(self._ping_sent) > OUTSTANDING_PINGS:
+            del self._ping_sent[next(iter(self._ping_sent))]
+        self.pings_unanswered += 1
         self.send(MsgCommon.PING, Ping(self._ping_id, ts).encode())
 
     async def _pinger(self) -> None:
         assert self.ping_interval is not None
         while True:
             await trio.sleep(self.ping_interval)
+            if self.pings_unanswered >= self.opts.ping_misses:
+                raise PeerUnresponsive(
+                    f"{self.name}: no PONG for the last {self.pings_unanswered} PINGs"
+                    f" ({self.ping_interval:g} s apart): disconnected"
+                )
             self.ping()
 
     # ---- lifetime --------------------------------------------------------------
@@ -306,6 +369,9 @@ class ChannelClient:
         """Serve this channel client until the peer closes or misbehaves."""
         try:
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if self._failure is not None or self._closed_early:
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._sender)
                 if self.ping_interval:
                     nursery.start_soon(self._pinger)
@@ -313,8 +379,11 @@ class ChannelClient:
                 await self._reader(initial)
                 nursery.cancel_scope.cancel()
         finally:
+            self._scope = None
             self._direct_fd = None  # the socket is closed after this: never write to it
             self._drop_queue()
+        if self._failure is not None:
+            raise self._failure
 
     def _drop_queue(self) -> None:
         while True:

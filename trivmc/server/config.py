@@ -10,6 +10,9 @@ from ..protocol import ChannelType, LinkError
 DEFAULT_PORT = 5930
 MAX_VMC_MESSAGE = 16 * 1024 * 1024
 MAX_MAIN_MESSAGE = 64 * 1024
+VMC_BYTE_BUDGET = 4 * 1024 * 1024
+MAX_VMC_QUEUE = 2 * 1024 * 1024
+MAX_MAIN_QUEUE = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,16 @@ class ServerConfig:
     Link keys come from a pool of `key_pool_size` (a burst of that many links takes no
     key-making time), made in a child process (`key_process`) or, when that is off or
     fails, in a thread.
+
+    Bounds (docs/limits.md says why each is what it is): a message's size
+    (`max_vmc_message`, `max_main_message`), client -> device bytes held per VMC
+    channel (`vmc_byte_budget`, plus the one message in flight), bytes queued for a
+    client before it counts as not reading and is disconnected (`max_vmc_queue`,
+    `max_main_queue`), connections still linking (`max_pending_links` in all, the
+    oldest dropped for a new one; `max_pending_per_source` per address, refused past
+    it), the whole link phase (`link_timeout`). Dead peers: TCP keepalive after
+    `tcp_keepalive` idle seconds (None: off), and with `ping_interval` a client that
+    answers none of `ping_misses` PINGs in a row is disconnected.
     """
 
     listen: list[tuple[str, int]] = field(default_factory=list)
@@ -28,10 +41,18 @@ class ServerConfig:
     password: str | None = None
     ticket_expiry: float | None = None
     multi_session: bool = False
-    link_timeout: float = 30.0
+    link_timeout: float = 10.0
     max_vmc_message: int = MAX_VMC_MESSAGE
     max_main_message: int = MAX_MAIN_MESSAGE
+    vmc_byte_budget: int = VMC_BYTE_BUDGET
+    max_vmc_queue: int = MAX_VMC_QUEUE
+    max_main_queue: int = MAX_MAIN_QUEUE
+    max_pending_links: int = 512
+    max_pending_per_source: int = 32
+    tcp_keepalive: float | None = 600.0
+    raise_fd_limit: bool = True
     ping_interval: float | None = None
+    ping_misses: int = 3
     key_pool_size: int = 64
     key_process: bool = True
     tls_listen: list[tuple[str, int]] = field(default_factory=list)
@@ -42,6 +63,13 @@ class ServerConfig:
     websocket: bool = True
 
     def __post_init__(self) -> None:
+        for name in ("max_pending_links", "max_pending_per_source", "ping_misses"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.ping_interval is not None and self.ping_interval <= 0:
+            raise ValueError("ping_interval must be positive (None disables pings)")
+        if self.vmc_byte_budget < 1:
+            raise ValueError("vmc_byte_budget must be at least 1 byte")
         both = self.secure_channels & self.plaintext_channels
         if both:
             names = ", ".join(sorted(CHANNEL_NAMES[t] for t in both))

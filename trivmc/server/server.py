@@ -36,7 +36,9 @@ from ..protocol import (
 )
 from ..protocol.ticket import LinkKey
 from ..transport import accept_websocket
-from .channel import ChannelOptions
+from .accept import accept_loop, raise_fd_limit
+from .admission import PendingLink, PendingLinks, source_key
+from .channel import ChannelOptions, PeerNotReading, PeerUnresponsive
 from .config import ServerConfig
 from .keys import KeyMaker
 from .main_channel import MainChannelClient
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 
 LINK_RECEIVE = 4096
 CLOSE_TIMEOUT = 1.0
+BACKEND_RESTART_PAUSE = 1.0
+BACKEND_RESTART_MAX = 30.0
 SPICE_MAGIC = b"REDQ"
 HTTP_GET = b"GET "
 MAX_CHANNEL_ID = 255
@@ -83,6 +87,9 @@ class Server:
         self.keys = KeyPool(self.config.key_pool_size)
         self.key_maker = KeyMaker(self.keys, self.config.key_process)
         self.sessions = SessionTable(self.config.multi_session)
+        self.pending = PendingLinks(
+            self.config.max_pending_links, self.config.max_pending_per_source
+        )
         self.channels: dict[tuple[int, int], VmcChannel] = {}
         self.links_refused = 0
         self.connections = 0
@@ -116,37 +123,45 @@ class Server:
 
     def add_usbredir(self, backend: Backend, channel_id: int | None = None) -> VmcChannel:
         cid = self._next_id(ChannelType.USBREDIR) if channel_id is None else channel_id
-        return self.add_channel(VmcChannel(ChannelType.USBREDIR, cid, backend))
+        return self.add_channel(
+            VmcChannel(ChannelType.USBREDIR, cid, backend, byte_budget=self.config.vmc_byte_budget)
+        )
 
     def add_port(self, name: str, backend: Backend) -> VmcChannel:
         for ch in self.channels.values():
             if ch.channel_type == ChannelType.PORT and ch.chardev.port_name == name:
                 raise ValueError(f"port {name!r} is already registered")
         cid = self._next_id(ChannelType.PORT)
-        return self.add_channel(VmcChannel(ChannelType.PORT, cid, backend, name))
+        return self.add_channel(
+            VmcChannel(
+                ChannelType.PORT, cid, backend, name, byte_budget=self.config.vmc_byte_budget
+            )
+        )
 
     def add_webdav(self, backend: Backend) -> VmcChannel:
-        return self.add_channel(VmcChannel(ChannelType.WEBDAV, 0, backend))
+        return self.add_channel(
+            VmcChannel(ChannelType.WEBDAV, 0, backend, byte_budget=self.config.vmc_byte_budget)
+        )
 
     def channel_list(self) -> list[tuple[int, int]]:
         return sorted(self.channels)
 
     # ---- serving ---------------------------------------------------------------
 
-    async def _listeners(self) -> list[tuple[trio.SocketListener, object, bool]]:
-        """(listener, bound address, is TLS) for every configured address."""
-        out: list[tuple[trio.SocketListener, object, bool]] = []
+    async def _listeners(self) -> list[tuple[trio.socket.SocketType, object, bool]]:
+        """(listening socket, bound address, is TLS) for every configured address."""
+        out: list[tuple[trio.socket.SocketType, object, bool]] = []
         for addresses, secure in ((self.config.listen, False), (self.config.tls_listen, True)):
             for host, port in addresses:
                 for lst in await trio.open_tcp_listeners(port, host=host):
-                    out.append((lst, lst.socket.getsockname()[:2], secure))
+                    out.append((lst.socket, lst.socket.getsockname()[:2], secure))
         for path in self.config.unix:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             await sock.bind(path)
             sock.listen(128)
-            out.append((trio.SocketListener(sock), path, False))
+            out.append((sock, path, False))
         return out
 
     async def serve(
@@ -154,25 +169,53 @@ class Server:
     ) -> None:
         """Listen and serve until cancelled; every task started here ends with it.
 
+        Only cancellation or a failing listener ends it: a connection's failure ends
+        that connection, and a channel whose backend fails is restarted.
         The start value lists the plain addresses ((host, port) tuples and unix paths);
         the TLS ones are in `tls_addresses`.
         """
+        if self.config.raise_fd_limit:
+            raise_fd_limit()
         listeners = await self._listeners()
         if not listeners:
             raise ValueError("nothing to listen on: give listen, tls_listen or unix addresses")
         self.tls_addresses = [addr for _, addr, secure in listeners if secure]
         addresses = [addr for _, addr, secure in listeners if not secure]
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await nursery.start(self.key_maker.run)
-            for channel in self.channels.values():
-                nursery.start_soon(channel.run)
-            for lst, addr, secure in listeners:
-                handler = functools.partial(self._handle_connection, secure=secure)
-                nursery.start_soon(trio.serve_listeners, handler, [lst])
-                log.info("listening on %s%s", format_address(addr), " (TLS)" if secure else "")
-            task_status.started(addresses)
-        self._nursery = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.key_maker.run)
+                for channel in self.channels.values():
+                    nursery.start_soon(self._run_channel_device, channel)
+                for sock, addr, secure in listeners:
+                    name = format_address(addr) + (" (TLS)" if secure else "")
+                    on_accept = functools.partial(self._accepted, nursery, secure=secure)
+                    nursery.start_soon(accept_loop, sock, on_accept, name)
+                    log.info("listening on %s", name)
+                task_status.started(addresses)
+        finally:
+            self._nursery = None
+            for sock, _, _ in listeners:
+                sock.close()
+
+    async def _run_channel_device(self, channel: VmcChannel) -> None:
+        """Run a channel's char device and backend; a failure is logged, the channel's
+        client is disconnected and the device and backend start again after a pause."""
+        pause = BACKEND_RESTART_PAUSE
+        while True:
+            try:
+                await channel.run()
+                return
+            except Exception as e:
+                log.error(
+                    "%s: the backend failed, restarting it in %.0f s",
+                    channel.label,
+                    pause,
+                    exc_info=e,
+                )
+            channel.disconnect_client()
+            await trio.sleep(pause)
+            pause = min(2 * pause, BACKEND_RESTART_MAX)
 
     async def __aenter__(self) -> list[object]:
         """Serve in the background; the value is the list of bound addresses."""
@@ -184,38 +227,73 @@ class Server:
 
     # ---- one connection --------------------------------------------------------
 
-    async def _handle_connection(self, sock: trio.SocketStream, *, secure: bool = False) -> None:
+    @property
+    def pending_links(self) -> int:
+        """Connections accepted and not linked yet."""
+        return len(self.pending)
+
+    def _accepted(
+        self, nursery: trio.Nursery, sock: trio.socket.SocketType, addr: object, *, secure: bool
+    ) -> None:
+        """Admit a fresh connection (or refuse it at once) and start its task."""
         self.connections += 1
-        is_unix = sock.socket.family == socket.AF_UNIX
-        peer = "unix" if is_unix else format_address(sock.socket.getpeername())
-        if not is_unix:
+        slot = self.pending.admit(source_key(sock.family, addr))
+        if slot is None:
+            sock.close()
+            return
+        nursery.start_soon(self._handle_connection, sock, addr, slot, secure)
+
+    def _client_socket(self, sock: trio.socket.SocketType) -> trio.SocketStream:
+        """The stream of an accepted socket, with TCP_NODELAY and keepalive set (as
+        spice-server does); a failing option is not the connection's end."""
+        if sock.family != socket.AF_UNIX:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            if self.config.tcp_keepalive:
+                set_keepalive(sock, self.config.tcp_keepalive)
+        return trio.SocketStream(sock)
+
+    async def _handle_connection(
+        self, sock: trio.socket.SocketType, addr: object, slot: PendingLink, secure: bool
+    ) -> None:
+        """Everything one connection does; whatever it raises ends it alone (logged)."""
+        is_unix = sock.family == socket.AF_UNIX
+        peer = "unix" if is_unix else format_address(addr)
         conn = _Conn(peer + (" tls" if secure else ""), is_unix, secure, websocket=False)
-        stream: trio.abc.Stream = sock
+        stream: trio.abc.AsyncResource | None = None
         try:
-            if secure:
-                assert self.config.tls is not None
-                tls = await self._tls_handshake(sock, conn)
-                if tls is None:
-                    return
-                stream = tls
+            stream = plain = self._client_socket(sock)
             linked = None
-            with trio.move_on_after(self.config.link_timeout) as link_scope:
+            with slot.scope:
+                slot.scope.deadline = trio.current_time() + self.config.link_timeout
+                if secure:
+                    tls = await self._tls_handshake(plain, conn)
+                    if tls is None:
+                        return
+                    stream = tls
                 stream, initial = await self._sniff(stream, conn)
                 if initial is not None:
                     linked = await self._link(stream, conn, initial)
-            if link_scope.cancelled_caught:
-                log.info(
-                    "%s: link not finished in %.0f s: dropped", conn.peer, self.config.link_timeout
-                )
+            self.pending.done(slot)
+            if slot.scope.cancelled_caught:
+                if slot.evicted:
+                    log.info("%s: dropped before linking: too many connections linking", peer)
+                else:
+                    log.info(
+                        "%s: link not finished in %.0f s: dropped",
+                        conn.peer,
+                        self.config.link_timeout,
+                    )
             if linked is not None:
                 await self._run_channel(stream, linked, conn)
-        except Exception as e:
-            log_connection_error(conn.peer, e)
+        except* Exception as group:
+            log_connection_error(conn.peer, group)
         finally:
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await stream.aclose()
+            self.pending.done(slot)
+            if stream is None:
+                sock.close()
+            else:
+                await close_quietly(stream)
 
     async def _tls_handshake(
         self, sock: trio.SocketStream, conn: _Conn
@@ -359,6 +437,8 @@ class Server:
             max_message=self.config.max_main_message if main else self.config.max_vmc_message,
             is_unix=conn.is_unix,
             ping_interval=self.config.ping_interval,
+            ping_misses=self.config.ping_misses,
+            max_queued=self.config.max_main_queue if main else self.config.max_vmc_queue,
         )
         if channel is None:
             await self._run_main(stream, opts, linked, conn)
@@ -412,17 +492,47 @@ def leaf_exceptions(exc: BaseException) -> list[BaseException]:
 
 
 def log_connection_error(peer: str, exc: BaseException) -> None:
-    """Log why a connection ended: a bad peer at warning/info level, a bug with its
-    traceback. Exception groups are looked through."""
-    for leaf in leaf_exceptions(exc):
-        if isinstance(leaf, ProtocolError):
-            log.warning("%s: protocol error, closing this connection: %s", peer, leaf)
-        elif isinstance(leaf, trio.BrokenResourceError | trio.ClosedResourceError):
-            log.info("%s: connection lost: %s", peer, leaf.__cause__ or leaf)
-        elif isinstance(leaf, OSError):
-            log.info("%s: socket error: %s", peer, leaf)
-        else:
-            log.error("%s: internal error, closing this connection", peer, exc_info=leaf)
+    """Log, in one line, why a connection ended: a bad or vanished peer at warning or
+    info level, a bug with its traceback. Exception groups are looked through."""
+    leaves = leaf_exceptions(exc)
+    bugs = [
+        leaf
+        for leaf in leaves
+        if not isinstance(
+            leaf, ProtocolError | trio.BrokenResourceError | trio.ClosedResourceError | OSError
+        )
+    ]
+    if bugs:
+        log.error("%s: internal error, closing this connection", peer, exc_info=bugs[0])
+        return
+    leaf = leaves[0]
+    if isinstance(leaf, PeerNotReading | PeerUnresponsive):
+        log.warning("%s: %s", peer, leaf)
+    elif isinstance(leaf, ProtocolError):
+        log.warning("%s: protocol error, closing this connection: %s", peer, leaf)
+    elif isinstance(leaf, trio.BrokenResourceError | trio.ClosedResourceError):
+        log.info("%s: connection lost: %s", peer, leaf.__cause__ or leaf)
+    else:
+        log.info("%s: socket error: %s", peer, leaf)
+
+
+async def close_quietly(stream: trio.abc.AsyncResource) -> None:
+    """Close a connection's stream within CLOSE_TIMEOUT; a peer that is already gone
+    (or a TLS/WebSocket goodbye that fails) is not an error."""
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        try:
+            await stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+
+def set_keepalive(sock: trio.socket.SocketType, idle: float) -> None:
+    """TCP keepalive as spice-server sets it: SO_KEEPALIVE, and the first probe after
+    `idle` seconds of silence (TCP_KEEPIDLE; spice-server's is 10 minutes). The probe
+    interval and count stay the system's."""
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, round(idle)))
 
 
 def format_address(addr: object) -> str:

@@ -14,6 +14,7 @@ import trio
 
 from ..backends import Backend
 from ..chardev import CharDevice, DeviceSubtype, SpiceChardev
+from ..chardev.device import BYTE_BUDGET
 from ..chardev.interface import DeviceData
 from ..protocol import (
     ChannelType,
@@ -43,7 +44,6 @@ class VmcChannelClient(ChannelClient):
         self.channel = channel
         self.peer_lz4 = peer_lz4
         self.max_decompressed = self.decoder.max_size
-        self._decompressed: bytes | None = None  # from handle_now, for handle_message
 
     def push_device_data(self, data: DeviceData) -> None:
         stats = self.channel.device.stats
@@ -55,19 +55,18 @@ class VmcChannelClient(ChannelClient):
         self.send(mtype, body)
 
     def handle_now(self, mtype: int, body: Body) -> bool:
-        """DATA (and COMPRESSED_DATA, once decompressed) for an idle device is written
-        at once, with no token round trip; anything else takes `handle_message`."""
+        """DATA (and COMPRESSED_DATA, decompressed only when the device takes it now)
+        for an idle device is written at once, with no token round trip; anything else
+        takes `handle_message`."""
+        device = self.channel.device
         if mtype == MsgcVmc.DATA:
-            return self.channel.device.try_write(body)
-        if mtype == MsgcVmc.COMPRESSED_DATA:
-            data = self._decompress(body)
-            if self.channel.device.try_write(data):
-                return True
-            self._decompressed = data  # handle_message queues it
-            return False
+            return device.try_write(body)
+        if mtype == MsgcVmc.COMPRESSED_DATA and device.writes_now:
+            return device.try_write(self._decompress(body))
         return False
 
     def _decompress(self, body: Body) -> bytes:
+        """The stated size is checked against the bound before anything is allocated."""
         data = decompress_body(body, self.max_decompressed)
         stats = self.channel.device.stats
         stats.in_compressed += len(body)
@@ -80,11 +79,9 @@ class VmcChannelClient(ChannelClient):
             buf = await device.get_write_buffer(body)
             device.write_buffer_add(buf)
         elif mtype == MsgcVmc.COMPRESSED_DATA:
-            data, self._decompressed = self._decompressed, None
-            if data is None:
-                data = self._decompress(body)
-            buf = await device.get_write_buffer(data, compressed=True)
-            device.write_buffer_add(buf)
+            # room in the byte budget first, then the decompressed bytes (counted in it)
+            async with device.write_buffer(compressed=True) as buf:
+                buf.data = self._decompress(body)
         elif mtype == MsgcVmc.PORT_EVENT:
             self.channel.chardev.event(PortEventMsg.decode(body).event)
         else:
@@ -100,6 +97,8 @@ class VmcChannel:
         channel_id: int,
         backend: Backend,
         port_name: str | None = None,
+        *,
+        byte_budget: int = BYTE_BUDGET,
     ) -> None:
         self.channel_type = channel_type
         self.channel_id = channel_id
@@ -114,7 +113,7 @@ class VmcChannel:
             raise ValueError("a port channel needs a name")
         self.backend = backend
         self.chardev = SpiceChardev(backend, subtype, port_name)
-        self.device = CharDevice(self.chardev)
+        self.device = CharDevice(self.chardev, byte_budget=byte_budget)
         self.chardev.attach(self.device)
         self.chardev.on_port_event = self._on_port_event
         self.client: VmcChannelClient | None = None
@@ -145,6 +144,11 @@ class VmcChannel:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.device.run)
             nursery.start_soon(self.backend.run, self.chardev)
+
+    def disconnect_client(self) -> None:
+        """Disconnect the current client, if any (its `run()` returns)."""
+        if self.client is not None:
+            self.client.disconnect()
 
     async def serve_client(self, client: VmcChannelClient, initial: bytes) -> None:
         """Serve `client` as this channel's one client, or refuse it when busy (the link
