@@ -286,6 +286,7 @@ class Server:
                     )
             if linked is not None:
                 await self._run_channel(stream, linked, conn)
+                log.info("%s: closed", conn.peer)
         except* Exception as group:
             log_connection_error(conn.peer, group)
         finally:
@@ -427,12 +428,13 @@ class Server:
                     return _Linked(mess, machine.mini_header, machine.trailing, session)
 
     async def _run_channel(self, stream: trio.abc.Stream, linked: _Linked, conn: _Conn) -> None:
-        peer = conn.peer
+        """Serve the linked channel; `conn.peer` names it from now on (the connection's
+        last log line, written by the caller, says how it ended)."""
         mess = linked.mess
         main = mess.channel_type == ChannelType.MAIN
         channel = None if main else self.channels[(mess.channel_type, mess.channel_id)]
         opts = ChannelOptions(
-            name=f"{peer} {'main' if channel is None else channel.label}",
+            name=f"{conn.peer} {'main' if channel is None else channel.label}",
             mini_header=linked.mini_header,
             max_message=self.config.max_main_message if main else self.config.max_vmc_message,
             is_unix=conn.is_unix,
@@ -440,6 +442,7 @@ class Server:
             ping_misses=self.config.ping_misses,
             max_queued=self.config.max_main_queue if main else self.config.max_vmc_queue,
         )
+        conn.peer = opts.name
         if channel is None:
             await self._run_main(stream, opts, linked, conn)
         else:
@@ -449,18 +452,17 @@ class Server:
     async def _run_main(
         self, stream: trio.abc.Stream, opts: ChannelOptions, linked: _Linked, conn: _Conn
     ) -> None:
-        peer = conn.peer
         session = self.sessions.create()
         client = MainChannelClient(
             stream, opts, session_id=session.connection_id, channels=self._channels_for(conn)
         )
-        log.info("%s: main channel linked, session %#010x", peer, session.connection_id)
+        conn.peer += f" (session {session.connection_id:#010x})"
+        log.info("%s: linked", conn.peer)
         try:
             with session.scope:
                 await client.run(linked.trailing)
         finally:
             self.sessions.remove(session)
-            log.info("%s: main channel closed, session %#010x ended", peer, session.connection_id)
 
     async def _run_vmc(
         self,
@@ -471,17 +473,15 @@ class Server:
         channel: VmcChannel,
         session: Session,
     ) -> None:
-        peer = conn.peer
         lz4 = linked.mess.has_channel(VmcCap.DATA_COMPRESS_LZ4) and not conn.websocket
         client = VmcChannelClient(stream, opts, channel=channel, peer_lz4=lz4)
-        log.info("%s: %s linked (client lz4: %s)", peer, channel.label, "yes" if lz4 else "no")
+        log.info("%s: linked (client lz4: %s)", conn.peer, "yes" if lz4 else "no")
         with trio.CancelScope() as scope:
             session.join(scope)
             try:
                 await channel.serve_client(client, linked.trailing)
             finally:
                 session.leave(scope)
-        log.info("%s: %s disconnected", peer, channel.label)
 
 
 def leaf_exceptions(exc: BaseException) -> list[BaseException]:
