@@ -354,10 +354,13 @@ class ChannelClient:
         while True:
             await trio.sleep(self.ping_interval)
             if self.pings_unanswered >= self.opts.ping_misses:
-                raise PeerUnresponsive(
-                    f"{self.name}: no PONG for the last {self.pings_unanswered} PINGs"
-                    f" ({self.ping_interval:g} s apart): disconnected"
+                self._fail(
+                    PeerUnresponsive(
+                        f"{self.name}: no PONG for the last {self.pings_unanswered} PINGs"
+                        f" ({self.ping_interval:g} s apart): disconnected"
+                    )
                 )
+                return
             self.ping()
 
     # ---- lifetime --------------------------------------------------------------
