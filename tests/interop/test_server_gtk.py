@@ -27,7 +27,7 @@ async def test_usbredir_links_and_lz4_negotiated() -> None:
     assert r["events"][0] == "opened", r
     assert r["channel_id"] == 0
     assert r["server_lz4"] is True  # the server's cap, as spice-gtk sees it
-    assert any("usbredir:0 linked (client lz4: yes)" in line for line in log), log  # the client's
+    assert any("usbredir:0: linked (client lz4: yes)" in line for line in log), log  # the client's
 
 
 async def test_wrong_password_refused_right_one_works() -> None:
