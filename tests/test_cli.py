@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +87,71 @@ def test_tls_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     ):
         assert main(["serve", *bad]) == 2
         assert why in capsys.readouterr().err
+
+
+def serve_process(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`trivmc serve ARGV` in its own process: an error must end it (the timeout would
+    fail the test), with status 2 and one line."""
+    return subprocess.run(
+        [sys.executable, "-m", "trivmc", "serve", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], why: str) -> None:
+    assert r.returncode == 2, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("trivmc serve: ") and why in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--listen", "127.0.0.1:99999"], "port 99999 out of range"),
+        (["--listen", "no-such-host.invalid:5930"], "cannot listen on no-such-host.invalid"),
+        (["--tls-listen", "127.0.0.1:0", "--cert", "/nonexistent/cert.pem"], "No such file"),
+        (["--tls-listen", "127.0.0.1:0", "--cert", __file__], "cannot load the TLS"),
+    ],
+    ids=["port-out-of-range", "unresolvable", "missing-cert", "not-a-cert"],
+)
+def test_bad_addresses_and_certificates_exit_2_in_one_line(argv: list[str], why: str) -> None:
+    one_line_error(serve_process(*argv), why)
+
+
+def test_address_in_use_exits_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = serve_process("--listen", f"127.0.0.1:{port}")
+    one_line_error(r, f"cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"trivmc {importlib.metadata.version('trivmc')}"
+
+
+def test_limit_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = (
+        "--ping-interval", "30", "--ping-misses", "4", "--keepalive", "0",
+        "--max-pending-links", "100", "--max-pending-per-source", "5", "--byte-budget", "1M",
+    )  # fmt: skip
+    cfg = build_server(serve_args(*args)).config  # type: ignore[arg-type]
+    assert (cfg.ping_interval, cfg.ping_misses, cfg.tcp_keepalive) == (30, 4, None)
+    assert (cfg.max_pending_links, cfg.max_pending_per_source) == (100, 5)
+    assert cfg.vmc_byte_budget == 1 << 20
+    assert build_server(serve_args()).config.tcp_keepalive == 600  # type: ignore[arg-type]
+    conf = tmp_path / "limits.toml"
+    conf.write_text('byte_budget = "512K"\nping_interval = 10\n')
+    cfg = build_server(serve_args("--config", str(conf))).config  # type: ignore[arg-type]
+    assert cfg.vmc_byte_budget == 512 << 10 and cfg.ping_interval == 10
+    for bad in (["--ping-misses", "0"], ["--byte-budget", "lots"], ["--ping-interval", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", *bad])
+        assert e.value.code == 2

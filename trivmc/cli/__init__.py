@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -20,11 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="trivmc",
         description="SPICE usbredir/port/webdav channels on trio: a server and a client.",
     )
+    parser.add_argument("--version", action="version", version=f"trivmc {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"trivmc.cli.{name}")
         module.add_parser(sub)
     return parser
+
+
+def version() -> str:
+    """The installed trivmc's version."""
+    try:
+        return importlib.metadata.version("trivmc")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -89,6 +89,41 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="do not answer WebSocket upgrades (spice-html5) on the SPICE ports",
     )
+    lim = p.add_argument_group("limits and dead peers (docs/limits.md)")
+    lim.add_argument(
+        "--ping-interval",
+        type=positive_float,
+        metavar="SECONDS",
+        help="PING clients this often; one that answers none of --ping-misses PINGs in a"
+        " row is disconnected (default: no PINGs)",
+    )
+    lim.add_argument(
+        "--ping-misses", type=positive_int, metavar="N", help="unanswered PINGs (default 3)"
+    )
+    lim.add_argument(
+        "--keepalive",
+        type=float,
+        metavar="SECONDS",
+        help="TCP keepalive idle time on client sockets (default 600, as spice-server; 0: off)",
+    )
+    lim.add_argument(
+        "--max-pending-links",
+        type=positive_int,
+        metavar="N",
+        help="connections still linking, in all (default 512; the oldest is dropped)",
+    )
+    lim.add_argument(
+        "--max-pending-per-source",
+        type=positive_int,
+        metavar="N",
+        help="connections still linking per client address (default 32; more are refused)",
+    )
+    lim.add_argument(
+        "--byte-budget",
+        type=parse_size,
+        metavar="BYTES",
+        help="client->device bytes held per VMC channel, e.g. 4M (default 4 MiB)",
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument(
         "--stats", type=float, metavar="SECONDS", help="print per-channel counters this often"
@@ -96,17 +131,51 @@ def add_parser(sub: Any) -> None:
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
+    """HOST:PORT ([V6]:PORT for IPv6; an empty host is 127.0.0.1), port 0..65535."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"expected HOST:PORT, got {text!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port {port} out of range (0-65535) in {text!r}")
     host = host.strip("[]") or "127.0.0.1"
     return host, int(port)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """A byte count: 4194304, 4096K, 4M or 4MiB."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = t[-1:] if t[-1:] in SIZE_UNITS and not t[-1:].isdigit() else ""
+    try:
+        value = int(float(t[: len(t) - len(unit)]) * SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4M)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return value
 
 
 CONFIG_KEYS = {
     "listen", "unix", "password", "disable_ticketing", "multi_session",
     "usbredir", "port", "webdav", "log_level", "stats", "tls_listen", "cert", "key",
-    "ca", "secure_channels", "plaintext_channels", "no_websocket",
+    "ca", "secure_channels", "plaintext_channels", "no_websocket", "ping_interval",
+    "ping_misses", "keepalive", "max_pending_links", "max_pending_per_source", "byte_budget",
 }  # fmt: skip
 
 
@@ -147,10 +216,35 @@ def merge_config(args: argparse.Namespace) -> argparse.Namespace:
         ("secure_channels", None),
         ("plaintext_channels", None),
         ("no_websocket", False),
+        ("ping_interval", None),
+        ("ping_misses", None),
+        ("keepalive", None),
+        ("max_pending_links", None),
+        ("max_pending_per_source", None),
+        ("byte_budget", None),
     ):
         if getattr(args, key) is None:
             setattr(args, key, conf.get(key, default))
+    if isinstance(args.byte_budget, str):
+        args.byte_budget = parse_size(args.byte_budget)
     return args
+
+
+def limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The ServerConfig fields the limit options set (only those given)."""
+    out: dict[str, Any] = {}
+    for option, field_name in (
+        ("ping_interval", "ping_interval"),
+        ("ping_misses", "ping_misses"),
+        ("max_pending_links", "max_pending_links"),
+        ("max_pending_per_source", "max_pending_per_source"),
+        ("byte_budget", "vmc_byte_budget"),
+    ):
+        if getattr(args, option) is not None:
+            out[field_name] = getattr(args, option)
+    if args.keepalive is not None:
+        out["tcp_keepalive"] = args.keepalive or None
+    return out
 
 
 def build_server(args: argparse.Namespace) -> Server:
@@ -169,7 +263,8 @@ def build_server(args: argparse.Namespace) -> Server:
     try:
         tls = server_tls_context(args.cert, args.key, args.ca) if args.cert else None
     except (OSError, ssl.SSLError) as e:
-        raise ValueError(f"cannot load the TLS certificate/key: {e}") from e
+        files = " and ".join(f for f in (args.cert, args.key) if f)
+        raise ValueError(f"cannot load the TLS certificate/key from {files}: {e}") from e
     secure = parse_channel_names(args.secure_channels or "")
     if secure and not tls_listen:
         raise ValueError("--secure-channels needs a TLS listener (--tls-listen)")
@@ -183,6 +278,7 @@ def build_server(args: argparse.Namespace) -> Server:
         secure_channels=secure,
         plaintext_channels=parse_channel_names(args.plaintext_channels or ""),
         websocket=not args.no_websocket,
+        **limits(args),
     )
     server = Server(config)
     for spec in args.usbredir:
@@ -232,9 +328,17 @@ async def print_stats(server: Server, every: float) -> None:
             print(f"trivmc stats: {line}", flush=True)
 
 
-async def serve(server: Server, stats: float | None = None) -> None:
+async def serve(
+    server: Server, stats: float | None = None, started: Started | None = None
+) -> None:
     async with trio.open_nursery() as nursery:
         addresses: list[object] = await nursery.start(server.serve)
+        if started is not None:
+            started.yes = True
+        if server.password is None and any(
+            h not in ("127.0.0.1", "::1", "localhost") for h, _ in server.config.listen
+        ):
+            log.warning("ticketing is disabled on a non-loopback address: anyone can connect")
         if stats:
             nursery.start_soon(print_stats, server, stats)
         for addr in addresses:
@@ -251,9 +355,11 @@ async def serve(server: Server, stats: float | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """0 when stopped (Ctrl-C), 2 for a setting or address that cannot work (one
+    line on stderr, nothing served), 1 when a listener fails while serving."""
     try:
         args = merge_config(args)
-    except (OSError, ValueError, tomllib.TOMLDecodeError) as e:
+    except (OSError, ValueError, argparse.ArgumentTypeError, tomllib.TOMLDecodeError) as e:
         print(f"trivmc serve: bad --config: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -266,12 +372,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, BackendSpecError) as e:
         print(f"trivmc serve: {e}", file=sys.stderr)
         return 2
-    if server.password is None and any(
-        h not in ("127.0.0.1", "::1", "localhost") for h, _ in server.config.listen
-    ):
-        log.warning("ticketing is disabled on a non-loopback address: anyone can connect")
+    started = Started()
     try:
-        trio.run(serve, server, args.stats)
+        trio.run(serve, server, args.stats, started)
     except BaseException as e:
         leaves = leaf_exceptions(e)
         if all(isinstance(x, KeyboardInterrupt) for x in leaves):
@@ -279,6 +382,12 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if all(isinstance(x, OSError) for x in leaves):
             print(f"trivmc serve: {'; '.join(map(str, leaves))}", file=sys.stderr)
-            return 1
+            return 1 if started.yes else 2
         raise
     return 0
+
+
+class Started:
+    """Set once every listener is bound (an error before that is a setting's)."""
+
+    yes = False

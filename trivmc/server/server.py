@@ -7,6 +7,7 @@ logged and closed, and nothing else is touched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -151,17 +152,22 @@ class Server:
     async def _listeners(self) -> list[tuple[trio.socket.SocketType, object, bool]]:
         """(listening socket, bound address, is TLS) for every configured address."""
         out: list[tuple[trio.socket.SocketType, object, bool]] = []
-        for addresses, secure in ((self.config.listen, False), (self.config.tls_listen, True)):
-            for host, port in addresses:
-                for lst in await trio.open_tcp_listeners(port, host=host):
-                    out.append((lst.socket, lst.socket.getsockname()[:2], secure))
-        for path in self.config.unix:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            await sock.bind(path)
-            sock.listen(128)
-            out.append((sock, path, False))
+        try:
+            for addresses, secure in (
+                (self.config.listen, False),
+                (self.config.tls_listen, True),
+            ):
+                for host, port in addresses:
+                    out += [
+                        (lst.socket, lst.socket.getsockname()[:2], secure)
+                        for lst in await listen_tcp(host, port)
+                    ]
+            for path in self.config.unix:
+                out.append((await listen_unix(path), path, False))
+        except BaseException:
+            for sock, _, _ in out:
+                sock.close()
+            raise
         return out
 
     async def serve(
@@ -533,6 +539,39 @@ def set_keepalive(sock: trio.socket.SocketType, idle: float) -> None:
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, round(idle)))
+
+
+class ListenError(OSError):
+    """An address the server cannot listen on; its text names the address."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+async def listen_tcp(host: str, port: int) -> list[trio.SocketListener]:
+    """Listeners on host:port; an OSError names the address (a port out of range,
+    a host that does not resolve, an address in use)."""
+    where = format_address((host, port))
+    if not 0 <= port <= 65535:
+        raise ListenError(errno.EINVAL, f"cannot listen on {where}: port out of range (0-65535)")
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as e:
+        raise ListenError(e.errno, f"cannot listen on {where}: {e.strerror or e}") from e
+
+
+async def listen_unix(path: str) -> trio.socket.SocketType:
+    """A listening unix socket at `path` (a stale socket file there is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(path)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ListenError(e.errno, f"cannot listen on {path}: {e.strerror or e}") from e
+    return sock
 
 
 def format_address(addr: object) -> str:
