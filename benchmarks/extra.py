@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .hostile import hostile_rows
 from .procs import (
     GTK_CLIENT,
     HERE,
@@ -232,4 +233,5 @@ SPECIAL: list[tuple[str, Callable[[Sizes, int, Path | None, Path], list[Result]]
     ("rss", rss_rows),
     ("sessions", sessions_rows),
     ("gtk", gtk_rows),
+    ("hostile", hostile_rows),
 ]
