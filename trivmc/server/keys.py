@@ -47,6 +47,8 @@ import os
 import struct
 import subprocess
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -114,8 +116,10 @@ class KeyMaker:
         self.restart_delay = restart_delay
         self.made_in_process = 0
         self.made_in_thread = 0
+        self.made_by: Counter[int] = Counter()  # keys made, by worker slot
         self.worker_restarts = 0
         self.processes: dict[int, trio.Process] = {}  # the running workers, by slot
+        self.ready_workers: set[int] = set()  # slots whose worker is ready for claims
         self._shared: LinkKey | None = None
         self._in_flight = 0  # keys asked of workers and not delivered yet
         self._claimants = 0  # workers waiting in _claim
@@ -160,7 +164,12 @@ class KeyMaker:
 
     async def wait_full(self) -> None:
         """Return once the pool is full."""
-        while self.pool.wanted:
+        await self.wait_until(lambda: not self.pool.wanted)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once `condition()` holds, checked at each change of the maker's state
+        (a key taken or delivered, a worker ready or lost)."""
+        while not condition():
             await self._changed.wait()
 
     # ---- bookkeeping ---------------------------------------------------------------
@@ -265,8 +274,10 @@ class KeyMaker:
                     reader = _KeyReader(proc.stdout)
                     await reader.ready()
                     ready = True
+                    self.ready_workers.add(slot)
+                    self._poke()
                     while True:
-                        await self._serve_claim(proc.stdin, reader)
+                        await self._serve_claim(slot, proc.stdin, reader)
                 finally:
                     nursery.cancel_scope.cancel()
         except* (
@@ -277,11 +288,14 @@ class KeyMaker:
         ) as group:
             why = "; ".join(sorted({str(e) for e in _leaves(group)}))
         finally:
-            if self.processes.get(slot) is not None:
-                del self.processes[slot]
+            self.processes.pop(slot, None)
+            self.ready_workers.discard(slot)
+            self._poke()
         return ready, why
 
-    async def _serve_claim(self, stdin: trio.abc.SendStream, reader: _KeyReader) -> None:
+    async def _serve_claim(
+        self, slot: int, stdin: trio.abc.SendStream, reader: _KeyReader
+    ) -> None:
         count = await self._claim()
         done = 0
         try:
@@ -290,6 +304,7 @@ class KeyMaker:
                 key = await reader.next_key()
                 done += 1
                 self.made_in_process += 1
+                self.made_by[slot] += 1
                 self._deliver(key)
         finally:
             self._release(count - done)
