@@ -49,10 +49,10 @@ def run_row(row: Row, sizes: Sizes, runs: int, anchor: Path | None) -> Result:
     )
     nbytes = row.nbytes(sizes)
     ports = {name: free_port() for name in ("trivmc", "spice-server", "pump")}
-    servers = {"trivmc": trivmc_cmd(ports["trivmc"], row.device, nbytes)}
+    servers = {"trivmc": trivmc_cmd(ports["trivmc"], row.device, nbytes, row.password)}
     if anchor is not None:
         servers["spice-server"] = anchor_cmd(
-            str(anchor), ports["spice-server"], row.device, nbytes
+            str(anchor), ports["spice-server"], row.device, nbytes, row.password
         )
     servers["pump"] = pump_cmd(ports["pump"], row.device, nbytes)
     with extra.servers({name: (cmd, ports[name]) for name, cmd in servers.items()}):
@@ -68,7 +68,25 @@ def run_row(row: Row, sizes: Sizes, runs: int, anchor: Path | None) -> Result:
                 extra.check(row, res, nbytes)
                 if run >= WARMUP:
                     result.add(name, res)
+    result.note = sustained_note(result)
     return result
+
+
+def sustained_note(result: Result) -> str:
+    """For rows whose client reports the last 50 sessions: their ratio and rates."""
+    t, c = (
+        result.median("trivmc", "last50_median_ms"),
+        result.median("spice-server", "last50_median_ms"),
+    )
+    if t is None:
+        return ""
+    rates = {who: result.median(who, "last50_per_s") for who in ("trivmc", "spice-server")}
+    text = f"last 50 sessions (sustained): trivmc {t:.2f} ms, {rates['trivmc']:.0f} sessions/s"
+    if c is not None and c:
+        text += (
+            f"; spice-server {c:.2f} ms, {rates['spice-server']:.0f} sessions/s; ratio {t / c:.2f}"
+        )
+    return text
 
 
 def machine() -> list[str]:
