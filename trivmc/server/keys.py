@@ -21,7 +21,7 @@ Making a key takes ~10 ms of CPU. `KeyMaker.run` keeps the pool full with worker
 processes (`keygen_worker.py`), one per core this process may run on
 (`os.sched_getaffinity`, at most `MAX_WORKERS`), each at nice 19: they use only the CPU
 that the server and everything else leave idle, and the event loop only parses their
-DER and warms each key (a fraction of a millisecond). Serving starts once the first
+DER and warms each key (under a millisecond). Serving starts once the first
 BATCH keys are in; the rest of the pool fills behind it.
 
 Refill policy: a burst of links is served from the pool with no key being made beside
