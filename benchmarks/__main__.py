@@ -1,6 +1,6 @@
 """Side-by-side benchmarks: trivmc, the C spice-server reference and a raw socket pump.
 
-Run with `nox -s bench` (about 5 minutes) or `nox -s bench -- --quick` (about 1).
+Run with `nox -s bench` (about 7 minutes) or `nox -s bench -- --quick` (about 4).
 Each row runs the same load client, alternately, against trivmc (`trivmc serve`, in its
 own process), the spice-server anchor (`../shared/anchor`, built with its build.sh when
 it can be) and the raw loopback pump (`pump.py`); each figure is the median of `--runs`
@@ -108,7 +108,7 @@ def machine() -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true", help="smaller runs: about a minute")
+    p.add_argument("--quick", action="store_true", help="smaller runs: about 4 minutes")
     p.add_argument("--runs", type=int, help="runs per figure (median; >= 5; default 7, 5 quick)")
     p.add_argument("--out", default=str(HERE / "results" / "latest.md"))
     p.add_argument("rows", nargs="*", help="only these rows (keys), e.g. send_64k link")
