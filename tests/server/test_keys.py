@@ -97,7 +97,7 @@ async def test_refill_waits_for_links_to_go_quiet(mock_clock: trio.testing.MockC
             maker.want()
             mock_clock.jump(0.5)
             await trio.testing.wait_all_tasks_blocked()
-            assert maker.made_in_process == made
+            assert maker.made_in_process == made and maker.in_flight == 0
         mock_clock.jump(1.0)  # quiet: the pool is refilled
         with trio.fail_after(30):
             await maker.wait_full()
@@ -306,3 +306,25 @@ async def test_password_set_and_cleared_at_runtime_decides_per_link() -> None:
         await _main_links(uri, 2)
         assert taken[-1] == taken[-2]  # shared again, but not the key shared before
         assert taken[-1] not in taken[:-2]
+
+
+async def test_password_less_links_also_defer_a_refill(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    pool = KeyPool(6)
+    maker = KeyMaker(pool, workers=1, quiet=1.0, low_water=2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(maker.run)
+        await maker.wait_full()
+        shared = await maker.link_key(fresh=False)  # takes one key: a refill is due
+        made = maker.made_in_process
+        for _ in range(3):  # but links go on, without a password: no key made beside them
+            mock_clock.jump(0.5)
+            assert await maker.link_key(fresh=False) is shared
+            await trio.testing.wait_all_tasks_blocked()
+            assert maker.made_in_process == made and maker.in_flight == 0  # none asked
+        mock_clock.jump(1.0)  # quiet
+        with trio.fail_after(30):
+            await maker.wait_full()
+        assert maker.made_in_process == made + 1
+        nursery.cancel_scope.cancel()

@@ -123,12 +123,17 @@ class KeyMaker:
         self._shared: LinkKey | None = None
         self._in_flight = 0  # keys asked of workers and not delivered yet
         self._claimants = 0  # workers waiting in _claim
-        self._last_take = -math.inf
+        self._last_link = -math.inf
         self._changed = trio.Event()  # set (and replaced) at every change of state
         self._started = False
         self._task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 
     # ---- the links' side ---------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Keys asked of the workers and not delivered yet."""
+        return self._in_flight
 
     @property
     def shared_key(self) -> LinkKey | None:
@@ -145,6 +150,8 @@ class KeyMaker:
             return await self.take()
         if self._shared is None:
             self._shared = await self.take()
+        else:
+            self._last_link = trio.current_time()  # a link all the same: refills wait
         return self._shared
 
     async def take(self) -> LinkKey:
@@ -159,7 +166,7 @@ class KeyMaker:
 
     def want(self) -> None:
         """A key was taken (refill once links are quiet again)."""
-        self._last_take = trio.current_time()
+        self._last_link = trio.current_time()
         self._poke()
 
     async def wait_full(self) -> None:
@@ -192,7 +199,7 @@ class KeyMaker:
         try:
             while True:
                 missing = self.pool.wanted - self._in_flight
-                quiet_at = self._last_take + self.quiet
+                quiet_at = self._last_link + self.quiet
                 if missing <= 0:
                     await self._changed.wait()
                 elif len(self.pool) > self.low_water and trio.current_time() < quiet_at:
