@@ -33,7 +33,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks side by side (trivmc, spice-server, raw pump): `nox -s bench` (~3 min),
-    `nox -s bench -- --quick` (~1 min); the table goes to benchmarks/results/latest.md."""
+    """Benchmarks side by side (trivmc, spice-server, raw pump): `nox -s bench` (~7 min),
+    `nox -s bench -- --quick` (~4 min); the table goes to benchmarks/results/latest.md."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "benchmarks", *session.posargs)

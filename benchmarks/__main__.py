@@ -1,6 +1,6 @@
 """Side-by-side benchmarks: trivmc, the C spice-server reference and a raw socket pump.
 
-Run with `nox -s bench` (about 5 minutes) or `nox -s bench -- --quick` (about 1).
+Run with `nox -s bench` (about 7 minutes) or `nox -s bench -- --quick` (about 4).
 Each row runs the same load client, alternately, against trivmc (`trivmc serve`, in its
 own process), the spice-server anchor (`../shared/anchor`, built with its build.sh when
 it can be) and the raw loopback pump (`pump.py`); each figure is the median of `--runs`
@@ -49,10 +49,10 @@ def run_row(row: Row, sizes: Sizes, runs: int, anchor: Path | None) -> Result:
     )
     nbytes = row.nbytes(sizes)
     ports = {name: free_port() for name in ("trivmc", "spice-server", "pump")}
-    servers = {"trivmc": trivmc_cmd(ports["trivmc"], row.device, nbytes)}
+    servers = {"trivmc": trivmc_cmd(ports["trivmc"], row.device, nbytes, row.password)}
     if anchor is not None:
         servers["spice-server"] = anchor_cmd(
-            str(anchor), ports["spice-server"], row.device, nbytes
+            str(anchor), ports["spice-server"], row.device, nbytes, row.password
         )
     servers["pump"] = pump_cmd(ports["pump"], row.device, nbytes)
     with extra.servers({name: (cmd, ports[name]) for name, cmd in servers.items()}):
@@ -68,7 +68,25 @@ def run_row(row: Row, sizes: Sizes, runs: int, anchor: Path | None) -> Result:
                 extra.check(row, res, nbytes)
                 if run >= WARMUP:
                     result.add(name, res)
+    result.note = sustained_note(result)
     return result
+
+
+def sustained_note(result: Result) -> str:
+    """For rows whose client reports the last 50 sessions: their ratio and rates."""
+    t, c = (
+        result.median("trivmc", "last50_median_ms"),
+        result.median("spice-server", "last50_median_ms"),
+    )
+    if t is None:
+        return ""
+    rates = {who: result.median(who, "last50_per_s") for who in ("trivmc", "spice-server")}
+    text = f"last 50 sessions (sustained): trivmc {t:.2f} ms, {rates['trivmc']:.0f} sessions/s"
+    if c is not None and c:
+        text += (
+            f"; spice-server {c:.2f} ms, {rates['spice-server']:.0f} sessions/s; ratio {t / c:.2f}"
+        )
+    return text
 
 
 def machine() -> list[str]:
@@ -90,7 +108,7 @@ def machine() -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true", help="smaller runs: about a minute")
+    p.add_argument("--quick", action="store_true", help="smaller runs: about 4 minutes")
     p.add_argument("--runs", type=int, help="runs per figure (median; >= 5; default 7, 5 quick)")
     p.add_argument("--out", default=str(HERE / "results" / "latest.md"))
     p.add_argument("rows", nargs="*", help="only these rows (keys), e.g. send_64k link")

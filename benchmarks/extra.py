@@ -64,8 +64,9 @@ def rss_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Re
                 result.add(who, {"rss": rss_kib(proc.pid) / 1024}, "rss")
     result.metric = "rss"
     result.note = (
-        "the server process alone; trivmc's key generator child (cryptography, RSA-1024"
-        " keys made ahead of each link) is a separate process and not counted"
+        "the server process alone; trivmc's key generator workers (one per core the server"
+        " may use, here 1 as it is pinned; ~22 MiB each, mostly the interpreter and"
+        " cryptography) are separate processes and not counted"
     )
     return [result]
 

@@ -7,7 +7,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 COLUMNS = ("trivmc", "spice-server", "pump")
-UNIT_OF = {"MBps": "MB/s", "msgs_per_s": "msg/s", "median_us": "µs", "p99_us": "µs p99"}
+UNIT_OF = {
+    "MBps": "MB/s",
+    "msgs_per_s": "msg/s",
+    "median_us": "µs",
+    "p99_us": "µs p99",
+    "last50_median_ms": "ms last 50",
+    "last50_per_s": "sessions/s last 50",
+}
 
 
 @dataclass
@@ -30,7 +37,9 @@ class Result:
     text: dict[str, str] = field(default_factory=dict)  # a cell given as text (n/a: why)
 
     def add(self, who: str, res: dict[str, object], metric: str | None = None) -> None:
-        for m in [metric or self.metric or self._primary(res), *self.also]:
+        """Record the main metric (required) and those of `also` the client reports."""
+        main = metric or self.metric or self._primary(res)
+        for m in [main, *(m for m in self.also if m in res)]:
             value = res[m]
             assert isinstance(value, int | float), (m, value)
             self.samples[who][m].append(float(value))

@@ -21,6 +21,7 @@ class Sizes:
     sessions: int = 1000
     session_bytes: int = 64 << 10
     gtk_bytes: int = 8 << 20
+    links_in_a_row: int = 200  # the sustained link rows (the same with --quick)
 
 
 QUICK = Sizes(32 << 20, 8 << 20, 300, 100, 10, 1000, 16 << 10, 2 << 20)
@@ -42,6 +43,7 @@ class Row:
     also: list[str] = field(default_factory=list)  # more metrics shown in the cell
     small: bool = False  # uses Sizes.total_small
     lean: bool = False  # SPICE side driven by link_client.py (trivmc.protocol), not raw_client
+    password: str | None = None  # both SPICE servers ask for this ticket (None: no ticketing)
 
     def nbytes(self, sizes: Sizes) -> int:
         return sizes.total_small if self.small else sizes.total
@@ -52,6 +54,7 @@ class Row:
             "{ECHO_SMALL}": str(sizes.echo_small),
             "{ECHO_LARGE}": str(sizes.echo_large),
             "{LINKS}": str(sizes.links),
+            "{IN_A_ROW}": str(sizes.links_in_a_row),
         }
         return [subs.get(a, a) for a in args]
 
@@ -85,6 +88,22 @@ LINK = Row(
     "link", "connect + main + port link, per session", "echo", _links, _links, "median_ms",
     "ms", False, 0.2,
 )  # fmt: skip
+
+BENCH_PASSWORD = "bench-ticket"
+_in_a_row = ["link", "--count", "{IN_A_ROW}"]
+LINKS_IN_A_ROW = Row(
+    "links200", "200 links in a row (main + port), no password", "echo", _in_a_row, _in_a_row,
+    "median_ms", "ms", False, 0.2,
+)  # fmt: skip
+LINKS_IN_A_ROW_PW = replace(
+    LINKS_IN_A_ROW,
+    key="links200_pw",
+    label="200 links in a row (main + port), password",
+    spice=[*_in_a_row, "--password", BENCH_PASSWORD],
+    target=None,
+    password=BENCH_PASSWORD,
+)
+_LAST50 = ["last50_median_ms", "last50_per_s"]  # only link_client.py reports these
 
 ROWS = [
     _send("send_64k", "client→device, 64 KiB messages", 65536, 1.0),
@@ -133,18 +152,39 @@ ROWS = [
     _echo("echo_64k", "echo round trip, 64 KiB", 65536, "{ECHO_LARGE}", None),
     LINK,
     replace(LINK, key="link_lean", label="the same, trivmc's lean link client", lean=True),
+    LINKS_IN_A_ROW,
+    LINKS_IN_A_ROW_PW,
+    replace(
+        LINKS_IN_A_ROW,
+        key="links200_lean",
+        label="200 links in a row, no password, lean link client",
+        also=_LAST50,
+        lean=True,
+    ),
+    replace(
+        LINKS_IN_A_ROW_PW,
+        key="links200_pw_lean",
+        label="200 links in a row, password, lean link client",
+        also=_LAST50,
+        lean=True,
+    ),
 ]
 
 
-def anchor_cmd(binary: str, port: int, device: str, nbytes: int) -> list[str]:
-    return [binary, "-p", str(port), "-n", PORT_NAME, "-m", device, "-N", str(nbytes)]
+def anchor_cmd(
+    binary: str, port: int, device: str, nbytes: int, password: str | None = None
+) -> list[str]:
+    cmd = [binary, "-p", str(port), "-n", PORT_NAME, "-m", device, "-N", str(nbytes)]
+    return cmd if password is None else [*cmd, "-t", password]
 
 
-def trivmc_cmd(port: int, device: str, nbytes: int) -> list[str]:
+def trivmc_cmd(port: int, device: str, nbytes: int, password: str | None = None) -> list[str]:
     """trivmc as a user runs it: `trivmc serve` (the sink is a library-use script)."""
     if device == "sink":
+        assert password is None, "the sink server has no ticket"
         return py(HERE / "sink_server.py", f"127.0.0.1:{port}", PORT_NAME, str(nbytes))
     backend = {"echo": "echo", "source": f"source:{nbytes}"}[device]
+    ticket = ["--disable-ticketing"] if password is None else ["--password", password]
     return [
         sys.executable,
         "-m",
@@ -152,7 +192,7 @@ def trivmc_cmd(port: int, device: str, nbytes: int) -> list[str]:
         "serve",
         "--listen",
         f"127.0.0.1:{port}",
-        "--disable-ticketing",
+        *ticket,
         "--log-level",
         "WARNING",
         "--port",

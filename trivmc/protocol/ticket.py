@@ -1,5 +1,6 @@
-"""The SPICE ticket: RSA-1024 keys (a fresh one per link, from a pool made ahead of
-time), OAEP(SHA-1) encrypt/decrypt of the 128-byte ticket, and the password rules."""
+"""The SPICE ticket: RSA-1024 keys (from a pool made ahead of time; trivmc's server
+gives a fresh one to every link while a password is set), OAEP(SHA-1) encrypt/decrypt
+of the 128-byte ticket, and the password rules."""
 
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ class LinkKey:
 
 
 def generate_key() -> LinkKey:
-    """A fresh RSA-1024 key (e = 65537); costs milliseconds and holds the GIL for much
-    of that: keep it off the link path (see `KeyPool`)."""
+    """A fresh RSA-1024 key (e = 65537); costs ~10 ms of CPU: keep it off the link path
+    (see `KeyPool`)."""
     return LinkKey.from_private(rsa.generate_private_key(public_exponent=65537, key_size=1024))
 
 
@@ -64,8 +65,8 @@ class KeyPool:
     """Keys generated ahead of time so no link waits for key generation.
 
     Each key is handed out once (`take`), never reused. Keys come in through `add`
-    (trivmc's server makes them in a separate process, since RSA key generation holds
-    the GIL) or `refill()` (generates here, blocking). `take`, `add` and `refill` may run
+    (trivmc's server makes them in worker processes, off its event loop's CPU and
+    GIL) or `refill()` (generates here, blocking). `take`, `add` and `refill` may run
     in different threads: the pool is a deque whose append/popleft are atomic.
     """
 

@@ -21,9 +21,10 @@ class ServerConfig:
 
     `password=None` disables ticketing (any well-formed ticket is accepted).
     `ticket_expiry` is an absolute `time.time()` after which every ticket is refused.
-    Link keys come from a pool of `key_pool_size` (a burst of that many links takes no
-    key-making time), made in a child process (`key_process`) or, when that is off or
-    fails, in a thread.
+    Links with a password take fresh keys from a pool of `key_pool_size` (a burst of
+    that many links takes no key-making time), made by worker processes, one per
+    usable core (`key_process`), or, when that is off or fails, in a thread; links
+    without one share a key (`keys.py`).
 
     Bounds (docs/limits.md says why each is what it is): a message's size
     (`max_vmc_message`, `max_main_message`), client -> device bytes held per VMC

@@ -1,12 +1,12 @@
-"""The key generator process: RSA-1024 link keys made outside the server's process.
+"""A key generator process: RSA-1024 link keys made outside the server's process.
 
-cryptography's RSA key generation holds the GIL for milliseconds, which in a thread
-would stall the server's event loop; in this process, at the lowest CPU priority, it
-stalls nothing. Run as a
-script (`python keygen_worker.py`), it imports only `cryptography`. Protocol on its
-pipes: the server writes a decimal count and a newline; the worker answers with that
-many keys, each a u16 big-endian length and the key's PKCS#8 DER. It exits at the end
-of its input.
+The server runs one per usable core (`keys.py`). Each runs at the lowest CPU priority,
+so it takes only CPU nothing else wants, and holds no lock the server's event loop
+needs (a thread would share its GIL). Run as a script (`python keygen_worker.py`), it
+imports only `cryptography`. Protocol on its pipes: once imported and niced, the worker
+writes its ready record, a u16 zero; then the server writes a decimal count and a
+newline, and the worker answers with that many keys, each a u16 big-endian length and
+the key's PKCS#8 DER. It exits at the end of its input.
 """
 
 import contextlib
@@ -33,6 +33,8 @@ def main() -> int:
     with contextlib.suppress(OSError):
         os.nice(19)  # keys are made ahead of time: use only the CPU nobody else wants
     out = sys.stdout.buffer
+    out.write(struct.pack(">H", 0))  # ready
+    out.flush()
     for line in sys.stdin.buffer:
         count = min(int(line), MAX_BATCH)
         for _ in range(count):

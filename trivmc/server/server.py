@@ -368,8 +368,10 @@ class Server:
         return lambda: [c for c in self.channel_list() if c[0] != ChannelType.USBREDIR]
 
     async def _link_key(self) -> LinkKey:
-        """The RSA key of one link, taken once its link message is complete."""
-        return await self.key_maker.take()
+        """The RSA key of one link, taken once its link message is complete: a never-used
+        one while a password is set, else the key password-less links share (`keys.py`).
+        `self.password` is read per link: it may be set or cleared at runtime."""
+        return await self.key_maker.link_key(fresh=self.password is not None)
 
     async def _link(self, stream: trio.abc.Stream, conn: _Conn, initial: bytes) -> _Linked | None:
         peer = conn.peer
