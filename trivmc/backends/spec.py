@@ -1,9 +1,11 @@
 """Backend specs (QEMU's -chardev vocabulary) -> backend factories.
 
 echo | null | source:BYTES
-tcp:HOST:PORT[,reconnect=SECONDS]      connect (per client, bounded backoff)
+tcp:HOST:PORT[,reconnect=SECONDS][,drain=SECONDS]
+                                       connect (per client, bounded backoff); a departed
+                                       client's bytes get `drain` seconds to reach it
 tcp-listen:HOST:PORT                   accept one peer at a time
-unix:PATH[,reconnect=SECONDS]
+unix:PATH[,reconnect=SECONDS][,drain=SECONDS]
 unix-listen:PATH
 file:PATH                              append what the client sends
 exec:COMMAND                           a child per client (stdin/stdout)
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from .base import Backend
 from .simple import EchoBackend, NullBackend, SourceBackend
 from .stream import (
+    DEFAULT_DRAIN,
     DEFAULT_RECONNECT,
     ExecBackend,
     FileBackend,
@@ -50,13 +53,13 @@ def _hostport(text: str, spec: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _reconnect(opts: dict[str, str], spec: str) -> float:
+def _seconds(opts: dict[str, str], name: str, default: float, spec: str) -> float:
     try:
-        value = float(opts.get("reconnect", DEFAULT_RECONNECT))
+        value = float(opts.get(name, default))
     except ValueError:
-        raise BackendSpecError(f"reconnect needs seconds: {spec!r}") from None
+        raise BackendSpecError(f"{name} needs seconds: {spec!r}") from None
     if value < 0:
-        raise BackendSpecError(f"negative reconnect: {spec!r}")
+        raise BackendSpecError(f"negative {name}: {spec!r}")
     return value
 
 
@@ -76,14 +79,15 @@ def parse_backend(spec: str) -> BackendFactory:
             raise BackendSpecError(f"negative byte count: {spec!r}")
         return lambda: SourceBackend(total)
     if kind in ("tcp", "unix"):
-        main, opts = _options(arg, {"reconnect"})
-        delay = _reconnect(opts, spec)
+        main, opts = _options(arg, {"reconnect", "drain"})
+        delay = _seconds(opts, "reconnect", DEFAULT_RECONNECT, spec)
+        drain = _seconds(opts, "drain", DEFAULT_DRAIN, spec)
         if kind == "tcp":
             host, port = _hostport(main, spec)
-            return lambda: TcpConnectBackend(host, port, delay)
+            return lambda: TcpConnectBackend(host, port, delay, drain)
         if not main:
             raise BackendSpecError(f"unix needs a path: {spec!r}")
-        return lambda: UnixConnectBackend(main, delay)
+        return lambda: UnixConnectBackend(main, delay, drain)
     if kind == "tcp-listen":
         host, port = _hostport(arg, spec)
         return lambda: TcpListenBackend(host, port)

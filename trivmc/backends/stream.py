@@ -1,16 +1,21 @@
 """Stream backends: a socket (connect or listen, TCP or unix) or a child process.
 
 One peer stream at a time is bridged to the chardev. While there is no peer,
-`can_read()` is 0: client data waits in the char device's queue under its token budget,
+`can_read()` is 0: client data waits in the char device's queue under its budget,
 so nothing accepted is dropped while the backend is away. The port sees OPENED when a
 peer is up and CLOSED when it goes (PORT_EVENT for port clients).
 
-Connecting backends (tcp:, unix:, exec:) open their peer when a SPICE client attaches
-and close it when the client leaves, so every client starts with a fresh peer (what
-QEMU's usb-redir and QMP expect); they reconnect with a bounded backoff
-(`reconnect=SECONDS` is the longest wait; 0 disables). Listening backends (tcp-listen:,
-unix-listen:) accept one peer at a time for as long as they run. A peer's failure is
-logged with its cause and never raises out of the backend.
+Connecting backends (tcp:, unix:, exec:) open a peer for each SPICE client session and
+close it when the session ends, so every client starts with a fresh peer (what QEMU's
+usb-redir and QMP expect): the session boundary (`end_session`, called by the channel
+once the device handed over everything the departed client sent) gives the peer until
+the drain deadline to take those bytes, then closes it; what it did not take is
+dropped and counted (`dropped`), never carried to another peer. A peer opened for a
+client that has left is closed unused. They reconnect with a bounded backoff within a
+session (`reconnect=SECONDS` is the longest wait; 0 disables). Listening backends
+(tcp-listen:, unix-listen:) are one persistent pipe: they accept one peer at a time
+for as long as they run, across client sessions. A peer's failure (a reset
+included) is logged with its cause and never raises out of the backend.
 """
 
 from __future__ import annotations
@@ -32,20 +37,25 @@ OUT_LIMIT = 256 * 1024
 RECEIVE_SIZE = 64 * 1024
 FIRST_BACKOFF = 0.1
 DEFAULT_RECONNECT = 2.0
-DRAIN_ON_CLOSE = 1.0
+DEFAULT_DRAIN = 2.0  # seconds a departed client's bytes have to reach its peer
 
 
 class StreamBackend:
     """Bridges one peer stream at a time to a SpiceChardev."""
 
     name = "stream"
+    per_session = False  # a peer per client session (connecting backends)
 
-    def __init__(self) -> None:
+    def __init__(self, drain: float = DEFAULT_DRAIN) -> None:
         self.chardev: SpiceChardev | None = None
         self.peer: trio.abc.Stream | None = None
         self.client_attached = False
+        self.session = 0  # client sessions seen (OPENED events)
+        self.drain = drain
+        self.dropped = 0  # bytes for a peer that went away or a session that ended
         self.peers_served = 0
         self.breaks = 0
+        self._bridge_scope: trio.CancelScope | None = None
         self._out = bytearray()
         self._out_ready = trio.Event()
         self._out_drained = trio.Event()
@@ -66,6 +76,8 @@ class StreamBackend:
             log.info("%s: BREAK from the client (a byte stream has no break: ignored)", self.name)
             return
         self.client_attached = event == ChrEvent.OPENED
+        if self.client_attached:
+            self.session += 1
         self._client_changed.set()
         self._client_changed = trio.Event()
 
@@ -95,36 +107,57 @@ class StreamBackend:
             del self._out[: len(data)]
             self.chardev.accept_input()
 
-    async def bridge(self, stream: trio.abc.Stream, close_with_client: bool) -> None:
-        """Serve `stream` as the peer until it closes (or, when `close_with_client`,
-        until the SPICE client leaves); never raises for the peer's failure."""
+    def _drop_out(self) -> int:
+        """Drop the bytes waiting for the peer (it is gone, or its session ended)."""
+        dropped = len(self._out)
+        self._out.clear()
+        self.dropped += dropped
+        return dropped
+
+    async def end_session(self, deadline: float) -> int:
+        """The client left and the device handed over all it sent: a per-session peer
+        gets until `deadline` (trio time) to take the rest, then it is closed; return
+        the bytes dropped. A persistent pipe keeps its peer and its bytes (0)."""
+        if not self.per_session:
+            return 0
+        with trio.move_on_at(deadline):
+            while self._out and self.peer is not None:
+                await self._out_drained.wait()
+        self.peer = None  # from now on nothing more is taken for it
+        if self._bridge_scope is not None:
+            self._bridge_scope.cancel()
+        return self._drop_out()
+
+    async def bridge(self, stream: trio.abc.Stream) -> None:
+        """Serve `stream` as the peer until it closes or its session ends; never raises
+        for the peer's failure. Bytes left for it are dropped, not carried on."""
         assert self.chardev is not None
         self.peer = stream
         self.peers_served += 1
         self.chardev.set_fe_open(True)
         self.chardev.accept_input()
         try:
-            async with stream, trio.open_nursery() as nursery:
+            with trio.CancelScope() as self._bridge_scope:
+                async with stream, trio.open_nursery() as nursery:
 
-                async def until_peer_ends() -> None:
-                    await self._peer_to_chardev(stream)
-                    nursery.cancel_scope.cancel()
+                    async def until_peer_ends() -> None:
+                        await self._peer_to_chardev(stream)
+                        nursery.cancel_scope.cancel()
 
-                async def until_client_leaves() -> None:
-                    await self.wait_client(False)
-                    with trio.move_on_after(DRAIN_ON_CLOSE):
-                        while self._out:
-                            await self._out_drained.wait()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(until_peer_ends)
-                nursery.start_soon(self._chardev_to_peer, stream)
-                if close_with_client:
-                    nursery.start_soon(until_client_leaves)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-            log.warning("%s: peer lost: %s", self.name, e)
+                    nursery.start_soon(until_peer_ends)
+                    nursery.start_soon(self._chardev_to_peer, stream)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            why = "; ".join(str(e.__cause__ or e) for e in group.exceptions)
+            log.warning("%s: peer lost: %s", self.name, why)
         finally:
-            self.peer = None
+            self._bridge_scope = None
+            if self.peer is stream:
+                self.peer = None
+            dropped = self._drop_out()
+            if dropped:
+                log.warning(
+                    "%s: %d bytes for the peer that went away: dropped", self.name, dropped
+                )
             self.chardev.set_fe_open(False)
 
     async def run(self, chardev: SpiceChardev) -> None:
@@ -136,10 +169,12 @@ class StreamBackend:
 
 
 class ConnectingBackend(StreamBackend):
-    """Opens its peer while a client is attached; reconnects with bounded backoff."""
+    """Opens a peer for each client session; reconnects with bounded backoff."""
 
-    def __init__(self, reconnect: float = DEFAULT_RECONNECT) -> None:
-        super().__init__()
+    per_session = True
+
+    def __init__(self, reconnect: float = DEFAULT_RECONNECT, drain: float = DEFAULT_DRAIN) -> None:
+        super().__init__(drain)
         self.reconnect = reconnect
         self.connect_failures = 0
 
@@ -150,6 +185,7 @@ class ConnectingBackend(StreamBackend):
         backoff = FIRST_BACKOFF
         while True:
             await self.wait_client(True)
+            session = self.session
             try:
                 stream = await self.open_peer()
             except OSError as e:
@@ -164,8 +200,11 @@ class ConnectingBackend(StreamBackend):
                 backoff = min(backoff * 2, self.reconnect)
                 continue
             backoff = FIRST_BACKOFF
+            if self.session != session or not self.client_attached:
+                await trio.aclose_forcefully(stream)  # opened for a client that has left
+                continue
             log.info("%s: connected", self.name)
-            await self.bridge(stream, close_with_client=True)
+            await self.bridge(stream)
             if self.client_attached and self.reconnect > 0:
                 with trio.move_on_after(backoff):
                     await self.wait_client(False)
@@ -174,8 +213,14 @@ class ConnectingBackend(StreamBackend):
 
 
 class TcpConnectBackend(ConnectingBackend):
-    def __init__(self, host: str, port: int, reconnect: float = DEFAULT_RECONNECT) -> None:
-        super().__init__(reconnect)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        reconnect: float = DEFAULT_RECONNECT,
+        drain: float = DEFAULT_DRAIN,
+    ) -> None:
+        super().__init__(reconnect, drain)
         self.host, self.port = host, port
         self.name = f"tcp:{host}:{port}"
 
@@ -187,8 +232,10 @@ class TcpConnectBackend(ConnectingBackend):
 
 
 class UnixConnectBackend(ConnectingBackend):
-    def __init__(self, path: str, reconnect: float = DEFAULT_RECONNECT) -> None:
-        super().__init__(reconnect)
+    def __init__(
+        self, path: str, reconnect: float = DEFAULT_RECONNECT, drain: float = DEFAULT_DRAIN
+    ) -> None:
+        super().__init__(reconnect, drain)
         self.path = path
         self.name = f"unix:{path}"
 
@@ -274,7 +321,7 @@ class ListeningBackend(StreamBackend):
                     await trio.sleep(FIRST_BACKOFF)
                     continue
                 log.info("%s: peer connected", self.name)
-                await self.bridge(stream, close_with_client=False)
+                await self.bridge(stream)
 
 
 class TcpListenBackend(ListeningBackend):

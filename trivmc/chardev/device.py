@@ -16,7 +16,8 @@ it pauses while the client has `client_queue_limit` bytes or more queued.
 Ownership: a WriteBuffer belongs to its filler until `write_buffer_add`, then to the
 queue, then to the writer; each owner releases it on every exit path (cancellation
 included), and `release()` returns the token. Accepted buffers are the device's, not
-the client's: removing a client never drops them; `reset()` does, and returns every
+the client's: removing a client never drops them; `reset()` does (the channel calls it
+at a session boundary, once the drain deadline passed), and returns every
 token.
 """
 
@@ -53,6 +54,7 @@ class DeviceStats:
     out_data: int = 0  # bytes read from the device for clients
     out_compressed: int = 0  # bytes sent to clients compressed (wire size)
     out_uncompressed: int = 0  # bytes sent to clients as plain DATA
+    dropped: int = 0  # client bytes never written: dropped by reset() (a session boundary)
 
 
 class _Flag:
@@ -114,6 +116,7 @@ class CharDevice:
         self._inline_reading = False
         self._writable = _Flag()
         self._room = _Flag()  # buffered_bytes went below the budget
+        self._emptied = trio.Event()  # set when the write queue becomes empty
         self._readable = _Flag()
         self._running = True
         self._running_changed = trio.Event()
@@ -287,6 +290,8 @@ class CharDevice:
                 self._queued -= 1
                 self._unbuffer(len(view))  # what is left unwritten (reset, cancelled)
                 buf.release()
+                if not self._queued:
+                    self._emptied.set()
 
     # ---- device -> client ------------------------------------------------------
 
@@ -385,8 +390,18 @@ class CharDevice:
         """Pause writing and reading; queued buffers are kept."""
         self._running = False
 
-    def reset(self) -> None:
-        """Drop every queued buffer (and the one being written); return their tokens."""
+    async def wait_queue_empty(self) -> None:
+        """Return once every buffer accepted so far was written (or dropped)."""
+        while self._queued:
+            if self._emptied.is_set():
+                self._emptied = trio.Event()
+            await self._emptied.wait()
+
+    def reset(self) -> int:
+        """Drop every queued buffer (and the rest of the one being written); return
+        their tokens; return how many bytes were dropped (counted in `stats.dropped`)."""
+        dropped = self.buffered_bytes
+        self.stats.dropped += dropped
         self._reset_gen += 1
         self._retry_first = False
         while True:
@@ -400,6 +415,9 @@ class CharDevice:
         self._writable.set()
         self._running_changed.set()  # a stopped writer drops its buffer too
         self._running_changed = trio.Event()
+        if not self._queued:
+            self._emptied.set()
+        return dropped
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the writer and reader tasks until cancelled; on exit every queued buffer

@@ -2,8 +2,12 @@
 
 `VmcChannel` owns the char device, the QEMU-style frontend and the backend for its
 whole life; `VmcChannelClient` is the one linked client: DATA and COMPRESSED_DATA go
-into write buffers (a token first, so a stalled device stops socket reads), device data
-goes back as DATA or COMPRESSED_DATA by the LZ4 rules.
+into write buffers (a token and budget room first, so a stalled device stops socket
+reads), device data goes back as DATA or COMPRESSED_DATA by the LZ4 rules.
+
+Between two clients lies a session boundary: the departed client's bytes get the drain
+deadline to reach its backend peer, the rest is dropped (counted, logged), and the next
+client is attached only after that, so no byte crosses from one session to another.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import trio
 
 from ..backends import Backend
+from ..backends.stream import DEFAULT_DRAIN
 from ..chardev import CharDevice, DeviceSubtype, SpiceChardev
 from ..chardev.device import BYTE_BUDGET
 from ..chardev.interface import DeviceData
@@ -116,9 +121,15 @@ class VmcChannel:
         self.device = CharDevice(self.chardev, byte_budget=byte_budget)
         self.chardev.attach(self.device)
         self.chardev.on_port_event = self._on_port_event
-        self.client: VmcChannelClient | None = None
+        self.client: VmcChannelClient | None = None  # linked (maybe still waiting)
+        self._attached: VmcChannelClient | None = None  # attached to the device
         self.clients_served = 0
         self.clients_refused = 0
+        self.drain = float(getattr(backend, "drain", DEFAULT_DRAIN))
+        self.bytes_dropped = 0  # a departed client's bytes not delivered by the deadline
+        self._session_over = trio.Event()  # the last client's session boundary is done
+        self._session_over.set()
+        self._nursery: trio.Nursery | None = None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -136,14 +147,53 @@ class VmcChannel:
         return self.channel_type in (ChannelType.PORT, ChannelType.WEBDAV)
 
     def _on_port_event(self, event: int) -> None:
-        if self.client is not None and self.is_port:
-            self.client.send(MsgVmc.PORT_EVENT, PortEventMsg(event).encode())
+        if self._attached is not None and self.is_port:
+            self._attached.send(MsgVmc.PORT_EVENT, PortEventMsg(event).encode())
 
     async def run(self) -> None:
         """Run the char device and the backend until cancelled."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.device.run)
-            nursery.start_soon(self.backend.run, self.chardev)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self.device.run)
+                nursery.start_soon(self.backend.run, self.chardev)
+        finally:
+            self._nursery = None
+            self._session_over.set()
+
+    def _begin_boundary(self) -> None:
+        """The attached client left: end its session before the next client starts."""
+        over = self._session_over = trio.Event()
+        if self._nursery is None:  # not running: nothing can be delivered any more
+            self.bytes_dropped += self.device.reset()
+            over.set()
+            return
+        self._nursery.start_soon(self._end_session, over)
+
+    async def _end_session(self, over: trio.Event) -> None:
+        """The session boundary: what the departed client sent gets until the drain
+        deadline to reach its backend peer (the device's queue, then the backend's
+        own buffer); the rest is dropped and counted, never given to another peer.
+        The next client is attached only after this."""
+        try:
+            deadline = trio.current_time() + self.drain
+            with trio.move_on_at(deadline):
+                await self.device.wait_queue_empty()
+            dropped = self.device.reset()
+            end_session = getattr(self.backend, "end_session", None)
+            if end_session is not None:
+                dropped += await end_session(deadline)
+            if dropped:
+                self.bytes_dropped += dropped
+                log.warning(
+                    "%s: %d bytes from the client that left were not delivered within"
+                    " %.1f s: dropped at the session boundary",
+                    self.label,
+                    dropped,
+                    self.drain,
+                )
+        finally:
+            over.set()
 
     def disconnect_client(self) -> None:
         """Disconnect the current client, if any (its `run()` returns)."""
@@ -160,13 +210,18 @@ class VmcChannel:
         self.client = client
         self.clients_served += 1
         try:
+            await self._session_over.wait()  # the previous client's boundary
             if self.is_port:
                 name = (self.chardev.port_name or "").encode()
                 client.send(MsgVmc.PORT_INIT, PortInit(name, self.chardev.fe_open).encode())
+            self._attached = client
             self.device.attach_client(client)
             await client.run(initial)
         finally:
-            self.device.remove_client(client)
+            if self._attached is client:
+                self._attached = None
+                self.device.remove_client(client)
+                self._begin_boundary()
             self.client = None
 
 
