@@ -14,11 +14,12 @@ fresh ones on the same channel, so N stay live. Then every session stops sending
 must get back every byte it sent (a faulted one: up to its fault), all leave, and the
 server must report every counter idle.
 
-It passes when: no byte came back wrong, twice, out of order or not at all (for every
+It exits 0 when: no byte came back wrong, twice, out of order or not at all (for every
 session not faulted); nothing else failed (links, unexpected closes); server RSS did
 not grow over the rounds (see `rss_verdict`); every counter in
 `soak_server.idle_counters` is back to idle; the server logged no error and is still
-running. It prints a one-screen summary and exits 1 otherwise.
+running. It prints a one-screen summary either way, and exits 1 when the server failed
+a check, 2 when the soak itself broke.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,8 @@ from .procs import ROOT, rss_kib
 from .soak_client import DROP_MODES, FAULTS, Load, Settings, Stats
 from .soak_common import LineReader, raise_nofile_limit
 
+EXIT_FAIL = 1  # the server failed a check
+EXIT_BROKE = 2  # the soak itself failed (or its arguments were wrong)
 START_TIMEOUT = 120.0  # for a child process to say it is ready
 ASK_TIMEOUT = 30.0  # for a child's answer to a command
 IDLE_TIMEOUT = 20.0  # for the server's counters to come back to idle
@@ -458,16 +462,19 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     out = Outcome(a)
     budget = a.link_timeout + a.duration + a.drain_timeout + 4 * START_TIMEOUT
+    broke = False
     try:
         trio.run(guarded, a, logs, out, budget)
-    except Exception as e:  # a broken run is a failed soak, with its reason
-        out.problems.append(f"the soak broke: {e!r}")
+    except Exception as e:  # the harness itself failed: say so, with the traceback
+        broke = True
+        traceback.print_exc()
+        out.problems.append(f"the soak itself broke: {e!r}")
     problems = verdict(out)
     keep = bool(problems) or a.log_dir is not None
     print(summary(out, problems, logs if keep else None), flush=True)
     if not keep:
         shutil.rmtree(logs, ignore_errors=True)
-    return 1 if problems else 0
+    return EXIT_BROKE if broke else EXIT_FAIL if problems else 0
 
 
 async def guarded(a: argparse.Namespace, logs: Path, out: Outcome, budget: float) -> None:
