@@ -26,8 +26,8 @@ def line(out: str, head: str) -> str:
 
 def test_stalled_backends_lose_no_byte() -> None:
     """Backends stall while their sessions push a window into them: every byte comes
-    back, every counter goes back to idle (RSS is only reported at this size)."""
-    code, out = soak("--faults", "stall", "--rss-check", "report", "--seed", "3")
+    back, every counter goes back to idle (RSS is only reported in so short a run)."""
+    code, out = soak("--faults", "stall", "--seed", "3")
     assert code == 0, out
     assert out.rstrip().endswith("PASS"), out
     assert "one process: 4 trivmc.server.Server" in out
@@ -64,7 +64,4 @@ def test_rss_verdict_catches_slow_growth_not_noise() -> None:
     # 3 MiB a round: under the tolerance from one round to the next, not in total
     creeping = [300 * mib, 400 * mib, 403 * mib, 406 * mib, 409 * mib, 412 * mib]
     assert not rss_verdict(creeping, 1, 8 * mib)[0]
-    assert rss_verdict([300 * mib, 400 * mib], 1, 8 * mib) == (
-        True,
-        "not judged: 1 rounds, need warm-up + 1",
-    )
+    assert rss_verdict([300 * mib, 400 * mib], 1, 8 * mib)[0]
