@@ -322,6 +322,7 @@ class Load:
     ) -> None:
         s.channel = channel
         s.linked = True
+        s.port_open = bool(channel.opened)  # PORT_INIT's state; PORT_EVENTs follow
         self.live[s.slot] = s
         if first:
             self.initial_linked += 1
