@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import random
 import re
 import shutil
@@ -350,8 +351,8 @@ def summary(out: Outcome, problems: list[str], logs: Path | None) -> str:
         soak_secs = t.get("soak", 0.0)
         rate = out.sent_in_soak / soak_secs / 1e6 if soak_secs else 0.0
         lines += [
-            f"sessions    {s.sessions_started} run: {a.sessions} at the start +"
-            f" {s.replacements} replacing faulted ones; {s.busy_retries} links retried"
+            f"sessions    {s.sessions_linked} linked: {s.sessions_linked - s.replacements} at"
+            f" the start + {s.replacements} replacing faulted ones; {s.busy_retries} links retried"
             " (channel still busy)",
             f"faults      {sum(f.values())}: reset {f['reset']} ({s.partials_sent} partial"
             f" messages sent), leave {f['leave']}, drop {f['drop']} (fin"
@@ -369,7 +370,7 @@ def summary(out: Outcome, problems: list[str], logs: Path | None) -> str:
         _, text = rss_verdict(out.rss, a.warmup_rounds, tolerance)
         lines += [
             f"RSS MiB     start {out.rss[0] / 1024:.0f} | rounds "
-            + " ".join(f"{r / 1024:.0f}" for r in out.rss[1:])
+            + (" ".join(f"{r / 1024:.0f}" for r in out.rss[1:]) or "-")
             + (
                 f" | all left {out.rss_idle / 1024:.0f}, after malloc_trim"
                 f" {out.rss_trimmed / 1024:.0f}"
@@ -379,7 +380,7 @@ def summary(out: Outcome, problems: list[str], logs: Path | None) -> str:
             f"RSS check   {text}" + (f" ({why})" if (why := judge_rss(a)) else ""),
             "py heap k   start "
             + f"{out.blocks[0] / 1000:.0f} | rounds "
-            + " ".join(f"{b / 1000:.0f}" for b in out.blocks[1:])
+            + (" ".join(f"{b / 1000:.0f}" for b in out.blocks[1:]) or "-")
             + (f" | all left {out.blocks_idle / 1000:.0f}" if out.blocks_idle else "")
             + " (Python allocator blocks, 1000s)",
         ]
@@ -468,6 +469,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
+    logging.basicConfig(level=logging.ERROR)  # the client library's notes are noise here
     logs = a.log_dir or Path(tempfile.mkdtemp(prefix="trivmc-soak-"))
     logs.mkdir(parents=True, exist_ok=True)
     out = Outcome(a)

@@ -100,8 +100,8 @@ class Settings:
 
 @dataclass
 class Stats:
-    sessions_started: int = 0
-    replacements: int = 0
+    sessions_linked: int = 0
+    replacements: int = 0  # linked in place of a faulted session
     busy_retries: int = 0
     faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULTS, 0))
     faults_skipped: int = 0
@@ -259,8 +259,6 @@ class Load:
             self._next_uid += 1
             lz4 = self.rng.random() < self.cfg.lz4_fraction
             s = SoakSession(uid, slot, lz4, random.Random(self.rng.getrandbits(64)))
-            self.stats.sessions_started += 1
-            self.stats.replacements += not first
             await self._run_session(s, first)
             self.ended[s.uid] = s.fault or s.command or "?"
             first = False
@@ -323,6 +321,8 @@ class Load:
         s.channel = channel
         s.linked = True
         s.port_open = bool(channel.opened)  # PORT_INIT's state; PORT_EVENTs follow
+        self.stats.sessions_linked += 1
+        self.stats.replacements += not first
         self.live[s.slot] = s
         if first:
             self.initial_linked += 1
