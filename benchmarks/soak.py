@@ -302,7 +302,8 @@ async def run_rounds(a: argparse.Namespace, load: Load, server: Child, out: Outc
     kinds = [k for k in a.faults.split(",") if k]
     fault_rate = a.fault_rate * a.sessions  # per minute, all sessions together
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(load.inject, end, fault_rate, kinds, (a.stall_min, a.stall_max))
+        stall = (a.stall_min, a.stall_max)
+        nursery.start_soon(load.inject, end, fault_rate, kinds, stall, a.on_stalled)
         for i in range(1, a.rounds + 1):
             await trio.sleep_until(t0 + a.duration * i / a.rounds)  # pacing: round ends
             await sample()
@@ -358,7 +359,8 @@ def summary(out: Outcome, problems: list[str], logs: Path | None) -> str:
             f" messages sent), leave {f['leave']}, drop {f['drop']} (fin"
             f" {s.drops_by_mode['fin']}, rst {s.drops_by_mode['rst']}; {s.drops_seen} seen as"
             f" port closed + reopened), stall {f['stall']} ({a.stall_min:g}-{a.stall_max:g} s,"
-            f" {a.window // 1024} KiB pushed into each); {s.faults_skipped} skipped",
+            f" {a.window // 1024} KiB pushed into each); {s.faults_on_stalled} resets, leaves"
+            f" and drops hit a stalled session; {s.faults_skipped} skipped",
             f"bytes       sent {mb(s.bytes_sent)} ({rate:.1f} MB/s in the soak, target"
             f" {a.rate:g}), verified {mb(s.bytes_verified)}, after faults (unchecked)"
             f" {mb(s.bytes_unchecked)}",
@@ -392,8 +394,10 @@ def summary(out: Outcome, problems: list[str], logs: Path | None) -> str:
             f" {out.idle.get('waited', 0):.2f} s)",
             f"server did  {act['connections']} connections, {act['clients_served']} port"
             f" clients ({act['clients_refused']} refused busy), {act['peers_served']} backend"
-            f" connections ({act['connect_failures']} failed), {act['write_retries']} device"
-            f" write retries; CPU {out.cpu:.1f} s in the soak",
+            f" connections ({act['connect_failures']} failed); backpressure:"
+            f" {out.idle['devices_out_of_tokens']} devices ran out of tokens, write queue up"
+            f" to {out.idle['peak_queue']} buffers, {act['write_retries']} write retries;"
+            f" CPU {out.cpu:.1f} s in the soak",
         ]
     if out.peer:
         p = out.peer
@@ -437,12 +441,23 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds of warm-up below which RSS is reported, not judged (30)",
     )
     p.add_argument("--rate", type=float, default=8.0, help="MB/s each way, all sessions (8)")
-    p.add_argument("--window", type=int, default=1 << 20, help="bytes in flight per session")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=6 << 20,
+        help="bytes in flight per session, and what a stalled session pushes (6 MiB)",
+    )
     p.add_argument(
         "--fault-rate", type=float, default=0.25, help="faults per session per minute (0.25)"
     )
     p.add_argument("--faults", default=",".join(FAULTS), help="kinds: reset,leave,stall,drop")
     p.add_argument("--drop-modes", default=",".join(DROP_MODES), help="fin,rst")
+    p.add_argument(
+        "--on-stalled",
+        type=float,
+        default=0.25,
+        help="chance that a reset, leave or drop picks a stalled session (0.25)",
+    )
     p.add_argument("--stall-min", type=float, default=0.5)
     p.add_argument("--stall-max", type=float, default=3.0)
     p.add_argument("--lz4-fraction", type=float, default=0.25, help="sessions offering LZ4")

@@ -105,6 +105,7 @@ class Stats:
     busy_retries: int = 0
     faults: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAULTS, 0))
     faults_skipped: int = 0
+    faults_on_stalled: int = 0  # resets, leaves and drops of a session while stalled
     bytes_sent: int = 0
     bytes_verified: int = 0
     bytes_unchecked: int = 0  # came back to faulted sessions after their fault
@@ -153,6 +154,7 @@ class SoakSession:
         self.poke = trio.Event()
         self.burst = 0
         self.burst_small = False
+        self.stalled_until = 0.0
         self.stopping = False
         self.idle_scope: trio.CancelScope | None = None
         self.sender_scope = trio.CancelScope()
@@ -217,11 +219,18 @@ class Load:
             s.order("finish")
 
     async def inject(
-        self, until: float, rate_per_minute: float, kinds: list[str], stall: tuple[float, float]
+        self,
+        until: float,
+        rate_per_minute: float,
+        kinds: list[str],
+        stall: tuple[float, float],
+        on_stalled: float,
     ) -> None:
         """Faults at random times (a Poisson process of `rate_per_minute` for all
         sessions together) on random live sessions whose backend is up, until `until`.
-        Kinds come in shuffled rounds, so each turns up as often as the others."""
+        Kinds come in shuffled rounds, so each turns up as often as the others. A reset,
+        leave or drop goes to a session whose backend is stalled with probability
+        `on_stalled` (when one is), so faults also meet while data is held up."""
         rate = rate_per_minute / 60
         bag: list[str] = []
         if rate <= 0 or not kinds:
@@ -236,7 +245,12 @@ class Load:
                 bag = list(kinds)
                 self.rng.shuffle(bag)
             kind = bag.pop()
+            now = trio.current_time()
             candidates = [s for s in self.live.values() if s.command is None and s.port_open]
+            stalled = [s for s in candidates if s.stalled_until > now]
+            if kind != "stall" and stalled and self.rng.random() < on_stalled:
+                candidates = stalled  # a client gives up on a stalled device, say
+                self.stats.faults_on_stalled += 1
             if not candidates:
                 self.stats.faults_skipped += 1
                 continue
@@ -244,6 +258,7 @@ class Load:
             self.stats.faults[kind] += 1
             if kind == "stall":
                 seconds = self.rng.uniform(*stall)
+                s.stalled_until = max(s.stalled_until, now + seconds)
                 await self.peer.command(f"stall {s.slot} {seconds:.3f}")
                 s.push(self.cfg.window, small=self.rng.random() < 0.5)
                 self.stats.stall_bursts += 1

@@ -40,6 +40,7 @@ from .soak_common import raise_nofile_limit, reply, stdin_lines
 
 MAX_PROBLEMS = 40  # listed in a report (all are counted)
 IDLE_POLL = 0.05
+PRESSURE_POLL = 0.05
 
 Counter = tuple[str, object, object]
 
@@ -142,6 +143,30 @@ async def wait_idle(servers: Sequence[Server], timeout: float) -> dict[str, Any]
     return report
 
 
+class Pressure:
+    """How far backpressure went, sampled every PRESSURE_POLL s while the soak runs:
+    the char devices that ran out of tokens (their client's socket reads stopped) and
+    the longest device write queue seen."""
+
+    def __init__(self, servers: Sequence[Server]) -> None:
+        self.servers = servers
+        self.out_of_tokens: set[tuple[int, int, int]] = set()
+        self.peak_queue = 0
+
+    async def run(self) -> None:
+        while True:
+            for i, server in enumerate(self.servers):
+                for (ctype, cid), channel in server.channels.items():
+                    device = channel.device
+                    if device.tokens_free == 0:
+                        self.out_of_tokens.add((i, ctype, cid))
+                    self.peak_queue = max(self.peak_queue, device.queued_buffers)
+            await trio.sleep(PRESSURE_POLL)  # a sampler's pace
+
+    def snapshot(self) -> dict[str, int]:
+        return {"devices_out_of_tokens": len(self.out_of_tokens), "peak_queue": self.peak_queue}
+
+
 def memory() -> dict[str, int]:
     """Python's heap: blocks allocated by its allocator (objects and buffers alike).
     Flat while RSS grows means the C allocator holds freed memory, not a Python leak."""
@@ -173,24 +198,29 @@ async def main(a: argparse.Namespace) -> None:
     peer_ports = [int(p) for p in a.peer_ports.split(",")]
     servers = build(peer_ports, a.per_server, a.reconnect)
     commands = stdin_lines()
+    pressure = Pressure(servers)
     async with AsyncExitStack() as stack:
         ports = []
         for server in servers:
             addresses = await stack.enter_async_context(server)
             ports.append(addresses[0][1])  # type: ignore[index]
-        reply("LISTENING " + json.dumps(ports))
-        while (line := await commands.readline()) is not None:
-            words = line.split()
-            if words == ["report"]:
-                reply(json.dumps(idle_report(servers)))
-            elif words == ["memory"]:
-                reply(json.dumps(memory()))
-            elif words == ["trim"]:
-                reply(json.dumps(trim()))
-            elif len(words) == 2 and words[0] == "wait-idle":
-                reply(json.dumps(await wait_idle(servers, float(words[1]))))
-            elif words:
-                raise ValueError(f"unknown command {line!r}")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pressure.run)
+            reply("LISTENING " + json.dumps(ports))
+            while (line := await commands.readline()) is not None:
+                words = line.split()
+                if words == ["report"]:
+                    reply(json.dumps({**idle_report(servers), **pressure.snapshot()}))
+                elif words == ["memory"]:
+                    reply(json.dumps(memory()))
+                elif words == ["trim"]:
+                    reply(json.dumps(trim()))
+                elif len(words) == 2 and words[0] == "wait-idle":
+                    report = await wait_idle(servers, float(words[1]))
+                    reply(json.dumps({**report, **pressure.snapshot()}))
+                elif words:
+                    raise ValueError(f"unknown command {line!r}")
+            nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":

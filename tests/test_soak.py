@@ -34,6 +34,7 @@ def test_stalled_backends_lose_no_byte() -> None:
     assert "stall 0 " not in line(out, "faults"), out
     assert "20 sessions not faulted got every byte back" in out
     assert " 0 of " in line(out, "idle"), out
+    assert "backpressure: 0 devices" not in out, out  # stalls reached the token limit
 
 
 def test_every_kind_of_fault_is_injected_and_judged() -> None:
