@@ -51,6 +51,7 @@ DROP_WAIT = 5.0  # for the port to close and open again after a drop
 BUSY_RETRIES = 20  # links refused because the slot's previous client is still there
 BUSY_BACKOFF = 0.05
 MAX_LISTED = 20  # problems kept with their text (all are counted)
+SMALL_BATCH = 256 * 1024  # bytes of small messages a stalled session sends in one write
 START_SPREAD = 0.5  # seconds over which the sessions send their first write
 
 
@@ -81,7 +82,7 @@ def write_size(rng: random.Random) -> int:
 
 
 def small_write_size(rng: random.Random) -> int:
-    """Small writes for half the stall bursts: many messages, so tokens run out."""
+    """Small messages for half the stall bursts: many of them, so tokens run out."""
     return rng.randint(16, 2048)
 
 
@@ -379,9 +380,12 @@ class Load:
                     s.idle_scope = None
                     if s.stopping:
                         return
+                    if s.burst > 0 and s.burst_small:
+                        await self._send_small_batch(s, channel)
+                        delay = 0.0
+                        continue
                     if s.burst > 0:
-                        size = small_write_size(s.rng) if s.burst_small else write_size(s.rng)
-                        size = min(size, s.burst)
+                        size = min(write_size(s.rng), s.burst)
                         s.burst -= size
                         delay = 0.0
                     else:
@@ -395,6 +399,25 @@ class Load:
             self._lost(s, f"send failed: {e}")
         finally:
             s.sender_done.set()
+
+    async def _send_small_batch(self, s: SoakSession, channel: VmcChannel) -> None:
+        """Up to SMALL_BATCH bytes of the burst as small DATA messages in one write:
+        cheap for this client, one token each for the server."""
+        sizes: list[int] = []
+        total = 0
+        while total < min(SMALL_BATCH, s.burst):
+            sizes.append(min(small_write_size(s.rng), s.burst - total))
+            total += sizes[-1]
+        data = pattern(s.uid, s.sent, total)
+        encode = channel.conn.encoder.encode
+        frames, at = [], 0
+        for size in sizes:
+            frames.append(encode(MsgcVmc.DATA, data[at : at + size]))
+            at += size
+        s.burst -= total
+        s.sent += total
+        self.stats.bytes_sent += total
+        await channel.conn.send_raw(b"".join(frames))
 
     async def _stop_sender(self, s: SoakSession, deadline: float) -> None:
         """Stop sending at a message boundary (waiting until `deadline` for a write in
