@@ -349,8 +349,8 @@ def summary(out: Outcome, problems: list[str], logs: Path | None) -> str:
     ]
     if s is not None:
         f = s.faults
-        soak_secs = t.get("soak", 0.0)
-        rate = out.sent_in_soak / soak_secs / 1e6 if soak_secs else 0.0
+        soak_secs = t.get("soak")
+        rate = f"{out.sent_in_soak / soak_secs / 1e6:.1f}" if soak_secs else "-"
         lines += [
             f"sessions    {s.sessions_linked} linked: {s.sessions_linked - s.replacements} at"
             f" the start + {s.replacements} replacing faulted ones; {s.busy_retries} links retried"
@@ -361,7 +361,7 @@ def summary(out: Outcome, problems: list[str], logs: Path | None) -> str:
             f" port closed + reopened), stall {f['stall']} ({a.stall_min:g}-{a.stall_max:g} s,"
             f" {a.window // 1024} KiB pushed into each); {s.faults_on_stalled} resets, leaves"
             f" and drops hit a stalled session; {s.faults_skipped} skipped",
-            f"bytes       sent {mb(s.bytes_sent)} ({rate:.1f} MB/s in the soak, target"
+            f"bytes       sent {mb(s.bytes_sent)} ({rate} MB/s in the soak, target"
             f" {a.rate:g}), verified {mb(s.bytes_verified)}, after faults (unchecked)"
             f" {mb(s.bytes_unchecked)}",
             f"verified    {s.sessions_verified} sessions not faulted got every byte back once"
@@ -498,8 +498,11 @@ def main(argv: list[str] | None = None) -> int:
         out.problems.append(f"the soak itself broke: {e!r}")
     problems = verdict(out)
     keep = bool(problems) or a.log_dir is not None
-    print(summary(out, problems, logs if keep else None), flush=True)
-    if not keep:
+    text = summary(out, problems, logs if keep else None)
+    print(text, flush=True)
+    if keep:
+        (logs / "summary.txt").write_text(text + "\n")
+    else:
         shutil.rmtree(logs, ignore_errors=True)
     return EXIT_BROKE if broke else EXIT_FAIL if problems else 0
 
