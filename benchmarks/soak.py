@@ -53,6 +53,7 @@ START_TIMEOUT = 120.0  # for a child process to say it is ready
 ASK_TIMEOUT = 30.0  # for a child's answer to a command
 IDLE_TIMEOUT = 20.0  # for the server's counters to come back to idle
 STOP_TIMEOUT = 10.0  # for a child to exit once its stdin closed (then terminate, kill)
+SHOWN_PROBLEMS = 10  # session problems listed in the summary
 EXCEPTION_LINE = re.compile(r"\b\w*(Error|Exception|Interrupt)\w*: ")
 
 
@@ -411,7 +412,10 @@ def summary(out: Outcome, problems: list[str], logs: Path | None) -> str:
     names = ("start", "link", "soak", "drain", "total")
     lines.append("time        " + ", ".join(f"{k} {t[k]:.1f} s" for k in names if k in t))
     if s is not None:
-        lines += [f"  ! {p}" for p in s.listed[: 3 if out.server_died else None]]
+        shown = 3 if out.server_died else SHOWN_PROBLEMS
+        lines += [f"  ! {p}" for p in s.listed[:shown]]
+        if s.problems > shown:
+            lines.append(f"  ! ... {s.problems - shown} more ({s.mismatches} mismatches in all)")
     if out.idle:
         lines += [f"  ! {p}" for p in out.idle["problems"][:10]]
     lines += [f"  ! {e}" for e in out.log_errors]
