@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from benchmarks.procs import ROOT
 from benchmarks.soak import EXIT_BROKE, rss_verdict
@@ -14,8 +15,8 @@ TINY = ["--sessions", "20", "--per-server", "5", "--duration", "3", "--rounds", 
 TINY += ["--rate", "2", "--stall-min", "0.3", "--stall-max", "1", "--fault-rate", "20"]
 
 
-def soak(*args: str) -> tuple[int, str]:
-    cmd = [sys.executable, "-m", "benchmarks.soak", *TINY, *args]
+def soak(logs: Path, *args: str) -> tuple[int, str]:
+    cmd = [sys.executable, "-m", "benchmarks.soak", *TINY, "--log-dir", str(logs), *args]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout + done.stderr[-3000:]
 
@@ -24,10 +25,10 @@ def line(out: str, head: str) -> str:
     return next(text for text in out.splitlines() if text.startswith(head))
 
 
-def test_stalled_backends_lose_no_byte() -> None:
+def test_stalled_backends_lose_no_byte(tmp_path: Path) -> None:
     """Backends stall while their sessions push a window into them: every byte comes
     back, every counter goes back to idle (RSS is only reported in so short a run)."""
-    code, out = soak("--faults", "stall", "--seed", "3")
+    code, out = soak(tmp_path, "--faults", "stall", "--seed", "3")
     assert code == 0, out
     assert out.rstrip().endswith("PASS"), out
     assert "one process: 4 trivmc.server.Server" in out
@@ -37,12 +38,12 @@ def test_stalled_backends_lose_no_byte() -> None:
     assert "backpressure: 0 devices" not in out, out  # stalls reached the token limit
 
 
-def test_every_kind_of_fault_is_injected_and_judged() -> None:
+def test_every_kind_of_fault_is_injected_and_judged(tmp_path: Path) -> None:
     """All four kinds turn up (they come in shuffled rounds) and the soak reaches a
     verdict. Whether the server passes is the soak's business, not this test's: exit 1
     is a server finding; 2 would be the harness breaking. (Drops close with FIN only:
     an RST from a backend still kills the server, see docs/benchmarks.md.)"""
-    code, out = soak("--drop-modes", "fin", "--seed", "7")
+    code, out = soak(tmp_path, "--drop-modes", "fin", "--seed", "7")
     assert code != EXIT_BROKE, out
     faults = line(out, "faults")
     for kind in ("reset", "leave", "drop", "stall"):
