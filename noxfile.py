@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, typecheck, bench.
+"""nox sessions: tests, lint, typecheck, bench, soak.
 
 `nox -s tests lint typecheck` is the project's test command (README, .ci/run).
 """
@@ -37,3 +37,13 @@ def bench(session: nox.Session) -> None:
     `nox -s bench -- --quick` (~4 min); the table goes to benchmarks/results/latest.md."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """Soak under faults: 1000 port sessions for 60 s in one server process (4 servers x
+    250 ports), clients resetting and leaving, backends stalling and dropping; exits 1
+    when the server fails a check. `nox -s soak -- --duration 10 --sessions N ...`;
+    the options: `python -m benchmarks.soak --help`."""
+    session.install("-e", ".")
+    session.run("python", "-m", "benchmarks.soak", *session.posargs)
