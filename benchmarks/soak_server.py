@@ -56,6 +56,7 @@ def idle_counters(servers: Sequence[Server]) -> list[Counter]:
     out: list[Counter] = []
     for i, server in enumerate(servers):
         out.append((f"server {i}: live sessions", len(server.sessions), 0))
+        out.append((f"server {i}: pending links", server.pending_links, 0))
         for channel in server.channels.values():
             at = f"server {i} {channel.label}"
             device, chardev, client = channel.device, channel.chardev, channel.client
@@ -65,6 +66,7 @@ def idle_counters(servers: Sequence[Server]) -> list[Counter]:
                 (f"{at}: device.tokens_free", device.tokens_free, device.total_tokens),
                 (f"{at}: device.outstanding_buffers", device.outstanding_buffers, 0),
                 (f"{at}: device.queued_buffers", device.queued_buffers, 0),
+                (f"{at}: device.buffered_bytes", device.buffered_bytes, 0),
                 (f"{at}: device.idle", device.idle, True),
                 (f"{at}: chardev.connected", chardev.connected, False),
                 (f"{at}: chardev.blocked", chardev.blocked, False),

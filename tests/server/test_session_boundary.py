@@ -125,6 +125,8 @@ async def test_a_departed_clients_bytes_reach_its_own_peer_within_the_deadline(
             assert trio.current_time() - left >= 3
             await conn_a.send(b"A's peer talks after A left")  # shown to nobody
             conn_b = await peer.accept()
+            with trio.fail_after(30):  # A's peer closing is A's: B sees only its own
+                assert (port_b.opened, await port_b.next_event()) == (False, PortEvent.OPENED)
             await port_b.send_all(b"B" * 10)
             with trio.fail_after(30):
                 assert await conn_b.recv(100) == b"B" * 10

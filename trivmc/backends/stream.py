@@ -56,6 +56,8 @@ class StreamBackend:
         self.peers_served = 0
         self.breaks = 0
         self._bridge_scope: trio.CancelScope | None = None
+        self._bridge_done = trio.Event()  # the current (or last) bridge has ended
+        self._bridge_done.set()
         self._out = bytearray()
         self._out_ready = trio.Event()
         self._out_drained = trio.Event()
@@ -126,6 +128,7 @@ class StreamBackend:
         self.peer = None  # from now on nothing more is taken for it
         if self._bridge_scope is not None:
             self._bridge_scope.cancel()
+            await self._bridge_done.wait()  # its CLOSED is the old session's, not the next's
         return self._drop_out()
 
     async def bridge(self, stream: trio.abc.Stream) -> None:
@@ -134,6 +137,7 @@ class StreamBackend:
         assert self.chardev is not None
         self.peer = stream
         self.peers_served += 1
+        self._bridge_done = done = trio.Event()
         self.chardev.set_fe_open(True)
         self.chardev.accept_input()
         try:
@@ -155,10 +159,9 @@ class StreamBackend:
                 self.peer = None
             dropped = self._drop_out()
             if dropped:
-                log.warning(
-                    "%s: %d bytes for the peer that went away: dropped", self.name, dropped
-                )
+                log.warning("%s: %d bytes for a peer that is gone: dropped", self.name, dropped)
             self.chardev.set_fe_open(False)
+            done.set()
 
     async def run(self, chardev: SpiceChardev) -> None:
         self.chardev = chardev
