@@ -122,6 +122,9 @@ async def stop(proc: trio.Process) -> None:
             return
 
 
+MIB = 1 << 20
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of one process (its children not included)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -169,6 +172,7 @@ class Outcome:
     stats: Stats | None = None
     rss: list[int] = field(default_factory=list)  # KiB: soak start, end of each round
     blocks: list[int] = field(default_factory=list)  # Python heap blocks, the same times
+    held: list[int] = field(default_factory=list)  # payload bytes in flight, the same times
     rss_idle: int = 0  # KiB once all left
     rss_trimmed: int = 0  # KiB after malloc_trim(0)
     blocks_idle: int = 0
@@ -292,7 +296,9 @@ async def run_rounds(a: argparse.Namespace, load: Load, server: Child, out: Outc
 
     async def sample() -> None:
         out.rss.append(rss_kib(server.proc.pid))
-        out.blocks.append((await server.ask("memory"))["python_blocks"])
+        mem = await server.ask("memory")
+        out.blocks.append(mem["python_blocks"])
+        out.held.append(mem["held_bytes"])
 
     t0 = trio.current_time()
     end = t0 + a.duration
@@ -386,6 +392,11 @@ def summary(out: Outcome, problems: list[str], logs: Path | None) -> str:
             + (" ".join(f"{b / 1000:.0f}" for b in out.blocks[1:]) or "-")
             + (f" | all left {out.blocks_idle / 1000:.0f}" if out.blocks_idle else "")
             + " (Python allocator blocks, 1000s)",
+            "held MiB    start "
+            + f"{out.held[0] / MIB:.0f} | rounds "
+            + (" ".join(f"{h / MIB:.0f}" for h in out.held[1:]) or "-")
+            + " (payload in flight in the server: device queues, backend and client"
+            " buffers)",
         ]
     if out.idle:
         act = out.idle["activity"]

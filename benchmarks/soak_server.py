@@ -169,10 +169,26 @@ class Pressure:
         return {"devices_out_of_tokens": len(self.out_of_tokens), "peak_queue": self.peak_queue}
 
 
-def memory() -> dict[str, int]:
+def memory(servers: Sequence[Server]) -> dict[str, int]:
     """Python's heap: blocks allocated by its allocator (objects and buffers alike).
-    Flat while RSS grows means the C allocator holds freed memory, not a Python leak."""
-    return {"python_blocks": sys.getallocatedblocks()}
+    Flat while RSS grows means the C allocator holds freed memory, not a Python leak.
+    And the payload bytes the server holds in flight right now (`held_bytes`)."""
+    return {"python_blocks": sys.getallocatedblocks(), "held_bytes": held_bytes(servers)}
+
+
+def held_bytes(servers: Sequence[Server]) -> int:
+    """Payload in flight inside the server: client->device bytes buffered by the char
+    devices and waiting in stream backends, device->client bytes pending in the
+    frontends and queued for clients."""
+    total = 0
+    for server in servers:
+        for channel in server.channels.values():
+            total += channel.device.buffered_bytes + channel.chardev.pending_size
+            if channel.client is not None:
+                total += channel.client.queued_bytes
+            if isinstance(channel.backend, StreamBackend):
+                total += channel.backend.out_bytes
+    return total
 
 
 def trim() -> dict[str, int]:
@@ -181,7 +197,7 @@ def trim() -> dict[str, int]:
     gc.collect()
     libc = ctypes.CDLL(None)
     trimmed = int(libc.malloc_trim(0)) if hasattr(libc, "malloc_trim") else -1
-    return {**memory(), "trimmed": trimmed}
+    return {"python_blocks": sys.getallocatedblocks(), "trimmed": trimmed}
 
 
 def build(peer_ports: Sequence[int], per_server: int, reconnect: float) -> list[Server]:
@@ -214,7 +230,7 @@ async def main(a: argparse.Namespace) -> None:
                 if words == ["report"]:
                     reply(json.dumps({**idle_report(servers), **pressure.snapshot()}))
                 elif words == ["memory"]:
-                    reply(json.dumps(memory()))
+                    reply(json.dumps(memory(servers)))
                 elif words == ["trim"]:
                     reply(json.dumps(trim()))
                 elif len(words) == 2 and words[0] == "wait-idle":

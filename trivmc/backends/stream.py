@@ -58,15 +58,23 @@ class StreamBackend:
         self._bridge_scope: trio.CancelScope | None = None
         self._bridge_done = trio.Event()  # the current (or last) bridge has ended
         self._bridge_done.set()
-        self._out = bytearray()
+        self._out = bytearray()  # for the peer, not handed to it yet
+        self._sending = 0  # bytes the peer's send_all has and has not finished with
         self._out_ready = trio.Event()
         self._out_drained = trio.Event()
         self._client_changed = trio.Event()
 
     # ---- CharBackend -----------------------------------------------------------
 
+    @property
+    def out_bytes(self) -> int:
+        """Bytes taken for the peer and not yet sent to it."""
+        return len(self._out) + self._sending
+
     def can_read(self) -> int:
-        return max(0, OUT_LIMIT - len(self._out)) if self.peer is not None else 0
+        if self.peer is None:
+            return 0
+        return max(0, OUT_LIMIT - self.out_bytes)
 
     def read(self, data: memoryview) -> None:
         self._out += data
@@ -91,8 +99,12 @@ class StreamBackend:
 
     async def _peer_to_chardev(self, stream: trio.abc.Stream) -> None:
         assert self.chardev is not None
-        while data := await stream.receive_some(RECEIVE_SIZE):
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                break
             await self.chardev.send(data)
+            del data  # not kept alive while waiting for the next read
         log.info("%s: peer closed its side", self.name)
 
     async def _chardev_to_peer(self, stream: trio.abc.Stream) -> None:
@@ -104,15 +116,20 @@ class StreamBackend:
                 await self._out_ready.wait()
                 self._out_ready = trio.Event()
                 continue
-            data = bytes(self._out)
+            # handed over as it is (no copy), and a fresh buffer takes what comes next,
+            # so no buffer keeps the capacity of a past burst
+            data, self._out = self._out, bytearray()
+            self._sending = len(data)
             await stream.send_all(data)
-            del self._out[: len(data)]
+            self._sending = 0  # (left set when cancelled: `_drop_out` counts it)
+            del data  # sent: not kept alive while waiting for more
             self.chardev.accept_input()
 
     def _drop_out(self) -> int:
         """Drop the bytes waiting for the peer (it is gone, or its session ended)."""
-        dropped = len(self._out)
-        self._out.clear()
+        dropped = len(self._out) + self._sending
+        self._out = bytearray()
+        self._sending = 0
         self.dropped += dropped
         return dropped
 
@@ -123,7 +140,7 @@ class StreamBackend:
         if not self.per_session:
             return 0
         with trio.move_on_at(deadline):
-            while self._out and self.peer is not None:
+            while (self._out or self._sending) and self.peer is not None:
                 await self._out_drained.wait()
         self.peer = None  # from now on nothing more is taken for it
         if self._bridge_scope is not None:

@@ -290,6 +290,7 @@ class CharDevice:
                 self._queued -= 1
                 self._unbuffer(len(view))  # what is left unwritten (reset, cancelled)
                 buf.release()
+                del view, buf  # not kept alive while waiting for the next buffer
                 if not self._queued:
                     self._emptied.set()
 

@@ -114,6 +114,11 @@ class SpiceChardev:
             self.device.wakeup_writable()
         return out
 
+    @property
+    def pending_size(self) -> int:
+        """Device output bytes waiting for the device to read them."""
+        return self._pending_size
+
     def pending_room(self) -> int:
         """How many more bytes `chr_write` takes now (0 while no client or full)."""
         return max(0, PENDING_LIMIT - self._pending_size) if self.connected else 0

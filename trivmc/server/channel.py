@@ -217,10 +217,12 @@ class ChannelClient:
             await self.stream.send_all(self.encoder.encode(MsgCommon.SET_ACK, body))
         async for first in self._out_recv:
             batch = self._batch(first)
+            del first
             if self.ack_window is not None:
                 await self._send_windowed(batch)
-                continue
-            await self._write(batch)
+            else:
+                await self._write(batch)
+            del batch  # sent: not kept alive while waiting for the next
 
     async def _send_windowed(self, batch: Iterable[tuple[int, Body]]) -> None:
         assert self.ack_window is not None
@@ -299,6 +301,12 @@ class ChannelClient:
                 # reads that do not make tens of thousands of message objects at once
                 big = len(data) >= LARGE_MESSAGE * (len(messages) + 1)
                 size = RECEIVE_SIZE_LARGE if big else RECEIVE_SIZE
+                if messages:
+                    del msg
+                del messages
+            # nothing of the last read stays alive while this task waits (with a
+            # thousand idle sessions, a last chunk each adds up to hundreds of MiB)
+            data = b""
             data = await receive(size)
             if not data:
                 if self.decoder.pending:

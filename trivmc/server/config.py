@@ -34,7 +34,8 @@ class ServerConfig:
     oldest dropped for a new one; `max_pending_per_source` per address, refused past
     it), the whole link phase (`link_timeout`). Dead peers: TCP keepalive after
     `tcp_keepalive` idle seconds (None: off), and with `ping_interval` a client that
-    answers none of `ping_misses` PINGs in a row is disconnected.
+    answers none of `ping_misses` PINGs in a row is disconnected. Freed heap memory is
+    given back to the system every `heap_trim_interval` seconds (`heap.py` says why).
     """
 
     listen: list[tuple[str, int]] = field(default_factory=list)
@@ -52,6 +53,7 @@ class ServerConfig:
     max_pending_per_source: int = 32
     tcp_keepalive: float | None = 600.0
     raise_fd_limit: bool = True
+    heap_trim_interval: float | None = 10.0
     ping_interval: float | None = None
     ping_misses: int = 3
     key_pool_size: int = 64

@@ -41,6 +41,7 @@ from .accept import accept_loop, raise_fd_limit
 from .admission import PendingLink, PendingLinks, source_key
 from .channel import ChannelOptions, PeerNotReading, PeerUnresponsive
 from .config import ServerConfig
+from .heap import trim_periodically
 from .keys import KeyMaker
 from .main_channel import MainChannelClient
 from .session import Session, SessionTable
@@ -191,6 +192,8 @@ class Server:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.key_maker.run)
+                if self.config.heap_trim_interval:
+                    nursery.start_soon(trim_periodically, self.config.heap_trim_interval)
                 for channel in self.channels.values():
                     nursery.start_soon(self._run_channel_device, channel)
                 for sock, addr, secure in listeners:
