@@ -82,6 +82,7 @@ class VmcChannel(trio.abc.HalfCloseableStream):
                     data = decompress_body(msg.body, MAX_DECOMPRESSED)
                     self.bytes_in += len(data)
                     await self._data_send.send(data)
+                    del data
                 elif msg.type == MsgVmc.PORT_INIT:
                     init = PortInit.decode(msg.body)
                     self.port_name = init.name.decode(errors="replace")
@@ -101,6 +102,7 @@ class VmcChannel(trio.abc.HalfCloseableStream):
                         self.channel_type,
                         self.channel_id,
                     )
+                del msg  # its body (a view of a read) is not kept while waiting
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             if not self._closed:
                 self._lost = f"connection to the server lost: {e}"
@@ -161,7 +163,8 @@ class VmcChannel(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
         n = len(self._leftover) if max_bytes is None else max_bytes
         out = bytes(self._leftover[:n])
-        self._leftover = self._leftover[n:]
+        rest = self._leftover[n:]
+        self._leftover = rest if len(rest) else memoryview(b"")  # an empty view pins
         return out
 
     async def aclose(self) -> None:
