@@ -21,6 +21,7 @@ from .procs import (
     rss_kib,
     run_json,
     server,
+    stop_client,
     wait_listening,
 )
 from .report import Result
@@ -89,13 +90,7 @@ def session_client(
     try:
         yield proc
     finally:
-        if proc.stdin:
-            proc.stdin.close()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_client(proc, 60)
 
 
 def _expect(proc: subprocess.Popen[str], prefix: str) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .procs import HERE, free_port, pin_client, py, rss_kib, run_json, server
+from .procs import HERE, free_port, pin_client, py, rss_kib, run_json, server, stop_client
 from .report import Result
 from .rows import Sizes, anchor_cmd, trivmc_cmd
 
@@ -68,13 +68,7 @@ def attacking(port: int, args: list[str], server_pid: int) -> Iterator[dict[str,
     try:
         yield _report(proc, server_pid, rss_kib(server_pid))
     finally:
-        if proc.stdin:
-            proc.stdin.close()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_client(proc)
 
 
 def _report(proc: subprocess.Popen[str], server_pid: int, idle_kib: int) -> dict[str, object]:

@@ -121,6 +121,17 @@ def server(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
+def stop_client(proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """End a load client that runs until its stdin closes: close it, wait, kill."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_json(cmd: list[str], timeout: float = CLIENT_TIMEOUT) -> dict[str, object]:
     """Run a load client; its last stdout line is a JSON object (an `error` key fails)."""
     r = subprocess.run(cmd, capture_output=True, timeout=timeout, preexec_fn=pin_client)
