@@ -153,7 +153,8 @@ async def accept_websocket(transport: trio.abc.Stream, initial: bytes = b"") -> 
         if seen > MAX_UPGRADE_REQUEST:
             raise WebSocketError(f"HTTP upgrade request longer than {MAX_UPGRADE_REQUEST} bytes")
         try:
-            ws.receive_data(data)
+            if data:  # wsproto (h11) takes b"" as the end of the stream
+                ws.receive_data(data)
             for event in ws.events():
                 if isinstance(event, Request):
                     sub = SPICE_SUBPROTOCOL if SPICE_SUBPROTOCOL in event.subprotocols else None

@@ -1,0 +1,27 @@
+"""Regressions the fuzzer found in `trivmc.transport.websocket` (tests/fuzz)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from trivmc.transport import accept_websocket
+from trivmc.transport.websocket import WebSocketStream
+
+REQUEST = (
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def test_accept_without_initial_bytes_reads_the_whole_request() -> None:
+    """`initial=b""` (the default) was fed to wsproto, which h11 takes as the end of the
+    stream: the request read next raised RuntimeError ("received close, then received
+    more data?") instead of opening the stream."""
+    ours, peer = trio.testing.memory_stream_pair()
+    await peer.send_all(REQUEST)
+    stream = await accept_websocket(ours)
+    assert isinstance(stream, WebSocketStream)
+    answer = await peer.receive_some()
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer  # RFC 6455's example key
