@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
-from trivmc.transport import accept_websocket
+from trivmc.transport import WebSocketError, accept_websocket
 from trivmc.transport.websocket import WebSocketStream
 
 REQUEST = (
@@ -25,3 +26,15 @@ async def test_accept_without_initial_bytes_reads_the_whole_request() -> None:
     answer = await peer.receive_some()
     assert answer.startswith(b"HTTP/1.1 101 ")
     assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in answer  # RFC 6455's example key
+
+
+async def test_non_ascii_host_is_a_bad_request() -> None:
+    """wsproto decodes the Host header as IDNA: a non-ASCII byte there raised
+    UnicodeDecodeError out of `accept_websocket` (logged as an internal error) instead
+    of a 400 answer and `WebSocketError`."""
+    ours, peer = trio.testing.memory_stream_pair()
+    await peer.send_all(REQUEST.replace(b"Host: h", b"Host: h\xdaj"))
+    with pytest.raises(WebSocketError, match="bad HTTP upgrade"):
+        await accept_websocket(ours, b"")
+    answer = await peer.receive_some()
+    assert answer.startswith(b"HTTP/1.1 400 ")

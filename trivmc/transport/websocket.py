@@ -155,21 +155,24 @@ async def accept_websocket(transport: trio.abc.Stream, initial: bytes = b"") -> 
         try:
             if data:  # wsproto (h11) takes b"" as the end of the stream
                 ws.receive_data(data)
-            for event in ws.events():
-                if isinstance(event, Request):
-                    sub = SPICE_SUBPROTOCOL if SPICE_SUBPROTOCOL in event.subprotocols else None
-                    await transport.send_all(ws.send(AcceptConnection(subprotocol=sub)))
-                    stream = WebSocketStream(transport, ws)
-                    await stream._handle_events()  # frames that came with the request
-                    return stream
-        except RemoteProtocolError as e:
-            hint = e.event_hint
+            events = list(ws.events())
+        except (RemoteProtocolError, ValueError) as e:
+            # wsproto decodes some headers itself (Host as IDNA): a ValueError (such as
+            # UnicodeDecodeError) is a bad request too, answered like the others
+            hint = e.event_hint if isinstance(e, RemoteProtocolError) else RejectConnection()
             if isinstance(hint, RejectConnection):
                 try:
                     await transport.send_all(ws.send(hint))
                 except (trio.BrokenResourceError, LocalProtocolError):
                     pass
             raise WebSocketError(f"bad HTTP upgrade: {e}") from None
+        for event in events:
+            if isinstance(event, Request):
+                sub = SPICE_SUBPROTOCOL if SPICE_SUBPROTOCOL in event.subprotocols else None
+                await transport.send_all(ws.send(AcceptConnection(subprotocol=sub)))
+                stream = WebSocketStream(transport, ws)
+                await stream._handle_events()  # frames that came with the request
+                return stream
         data = bytes(await transport.receive_some(4096))
         if not data:
             raise WebSocketError("peer closed during the HTTP upgrade")
