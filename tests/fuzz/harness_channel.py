@@ -82,7 +82,6 @@ F_WAIT = 128  # wait until the server is idle after each piece
 R_TYPED, R_RAW_TYPE, R_COMPRESSED, R_GARBAGE, R_PORT_EVENT, R_DATA, R_COMMON, R_WAIT = range(8)
 LZ4_HEAD = struct.Struct("<BI")
 MAX_PIECES = 32  # the rest of the stream goes in the last piece
-DEBUG = False
 
 
 @dataclass
