@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from trivmc.transport import WebSocketError, accept_websocket
+from trivmc.transport import WebSocketError, accept_websocket, connect_websocket
 from trivmc.transport.websocket import WebSocketStream
 
 REQUEST = (
@@ -38,3 +38,24 @@ async def test_non_ascii_host_is_a_bad_request() -> None:
         await accept_websocket(ours, b"")
     answer = await peer.receive_some()
     assert answer.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_non_ascii_response_header_is_a_bad_response() -> None:
+    """wsproto decodes the server's Connection/Upgrade headers as ASCII: a non-ASCII
+    byte there raised UnicodeDecodeError out of `connect_websocket` instead of
+    `WebSocketError`."""
+    ours, peer = trio.testing.memory_stream_pair()
+
+    async def server() -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await peer.receive_some()
+        await peer.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Up\xb1grade\r\nSec-WebSocket-Accept: x\r\n\r\n"
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        with pytest.raises(WebSocketError, match="bad HTTP upgrade response"):
+            await connect_websocket(ours, "h")

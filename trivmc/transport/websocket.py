@@ -196,12 +196,14 @@ async def connect_websocket(
             raise WebSocketError("HTTP upgrade response too long")
         try:
             ws.receive_data(bytes(data))
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    stream = WebSocketStream(transport, ws)
-                    await stream._handle_events()
-                    return stream
-                if isinstance(event, RejectConnection):
-                    raise WebSocketError(f"server refused the upgrade: HTTP {event.status_code}")
-        except RemoteProtocolError as e:
+            events = list(ws.events())
+        except (RemoteProtocolError, ValueError) as e:
+            # wsproto decodes some headers as ASCII itself: UnicodeDecodeError is bad input
             raise WebSocketError(f"bad HTTP upgrade response: {e}") from None
+        for event in events:
+            if isinstance(event, AcceptConnection):
+                stream = WebSocketStream(transport, ws)
+                await stream._handle_events()
+                return stream
+            if isinstance(event, RejectConnection):
+                raise WebSocketError(f"server refused the upgrade: HTTP {event.status_code}")
