@@ -299,6 +299,7 @@ def seeds() -> dict[str, bytes]:
     server_words = tuple(caps_to_words(SERVER_COMMON_CAPS))
     lz4_word = tuple(caps_to_words([VmcCap.DATA_COMPRESS_LZ4]))
     reply = encode_reply(LinkReply(0, KEY.public_der, server_words, lz4_word))
+    bad_key_reply = encode_reply(LinkReply(0, b"\x30" + bytes(161), server_words, ()))
     mini_word = tuple(caps_to_words([CommonCap.MINI_HEADER]))
     no_select = LinkMess(0, ChannelType.USBREDIR, 0, mini_word, lz4_word)
     no_select_wire = LinkHeader(len(no_select.encode())).encode() + no_select.encode()
@@ -317,6 +318,8 @@ def seeds() -> dict[str, bytes]:
             0x41, [], reply + encode_result(LinkError.PERMISSION_DENIED)
         ),
         "client-error-reply": _client_seed(0, [], error_reply(LinkError.CHANNEL_NOT_AVAILABLE)),
+        # a bug the fuzzer found: an OK reply with a bad key left bytes to send
+        "regress-client-bad-key": _client_seed(0, [], bad_key_reply),
         "codec-main-mess": FuzzOutput().u8(CODECS).raw(GTK_MAIN_LINK[16:]).bytes(),
         "codec-reply": FuzzOutput().u8(CODECS).raw(reply[16:]).bytes(),
         "codec-header": FuzzOutput().u8(CODECS).raw(GTK_PORT_LINK[:16]).bytes(),

@@ -410,4 +410,10 @@ def seeds() -> dict[str, bytes]:
         "client-bad-token": _structured(F_CLIENT | 3 << 2, 0, []).u8(0).bytes(),
         "client-raw": FuzzOutput().u8(F_CLIENT).u8(0).cuts([])
         .raw(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n").bytes(),
+        # bugs the fuzzer found: accept_websocket(initial=b"") and a non-ASCII Host;
+        # a non-ASCII Connection header in the response to connect_websocket
+        "regress-server-non-ascii-host": FuzzOutput().u8(0).u8(0).cuts([])
+        .raw(upgrade_request(0).replace(b"Host: ", b"Host: \xda")).bytes(),
+        "regress-client-non-ascii-header": FuzzOutput().u8(F_CLIENT).u8(0).cuts([])
+        .raw(upgrade_response(b"k", 1).replace(b"Connection: ", b"Connection: \xb1")).bytes(),
     }  # fmt: skip

@@ -38,10 +38,24 @@ def _seed_scheduler() -> None:
         rng.seed(0)
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
 async def _bounded(scenario: Scenario) -> None:
     _seed_scheduler()
-    with trio.move_on_after(SCENARIO_DEADLINE) as scope:
-        await scenario()
+    try:
+        with trio.move_on_after(SCENARIO_DEADLINE) as scope:
+            await scenario()
+    except BaseExceptionGroup as group:
+        # one failure inside the scenario's nurseries: raise it as itself, so that
+        # the fuzzer's report shows its traceback (atheris prints no group members)
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], Exception):
+            raise leaves[0] from None
+        raise
     if scope.cancelled_caught:
         raise ScenarioHung(f"scenario still blocked after {SCENARIO_DEADLINE} virtual s")
 
