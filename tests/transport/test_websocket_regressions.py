@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import pytest
 import trio
 import trio.testing
@@ -9,6 +12,7 @@ import trio.testing
 from trivmc.transport import WebSocketError, accept_websocket, connect_websocket
 from trivmc.transport.websocket import WebSocketStream
 
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 REQUEST = (
     b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -59,3 +63,31 @@ async def test_non_ascii_response_header_is_a_bad_response() -> None:
         nursery.start_soon(server)
         with pytest.raises(WebSocketError, match="bad HTTP upgrade response"):
             await connect_websocket(ours, "h")
+
+
+async def test_frames_with_the_response_reach_the_stream() -> None:
+    """A binary frame sent in the same segment as the 101 answer is read by the client
+    stream (an event list taken whole during the handshake would swallow it)."""
+    ours, peer = trio.testing.memory_stream_pair()
+
+    async def server() -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await peer.receive_some()
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        token = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        await peer.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + token + b"\r\n\r\n"
+            b"\x82\x05hello"
+        )
+        await peer.send_eof()  # a swallowed frame then reads as the end, not a hang
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        stream = await connect_websocket(ours, "h")
+        assert await stream.receive_some() == b"hello"

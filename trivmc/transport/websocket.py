@@ -155,7 +155,6 @@ async def accept_websocket(transport: trio.abc.Stream, initial: bytes = b"") -> 
         try:
             if data:  # wsproto (h11) takes b"" as the end of the stream
                 ws.receive_data(data)
-            events = list(ws.events())
         except (RemoteProtocolError, ValueError) as e:
             # wsproto decodes some headers itself (Host as IDNA): a ValueError (such as
             # UnicodeDecodeError) is a bad request too, answered like the others
@@ -166,7 +165,7 @@ async def accept_websocket(transport: trio.abc.Stream, initial: bytes = b"") -> 
                 except (trio.BrokenResourceError, LocalProtocolError):
                     pass
             raise WebSocketError(f"bad HTTP upgrade: {e}") from None
-        for event in events:
+        for event in ws.events():  # lazily, as in connect_websocket
             if isinstance(event, Request):
                 sub = SPICE_SUBPROTOCOL if SPICE_SUBPROTOCOL in event.subprotocols else None
                 await transport.send_all(ws.send(AcceptConnection(subprotocol=sub)))
@@ -196,11 +195,12 @@ async def connect_websocket(
             raise WebSocketError("HTTP upgrade response too long")
         try:
             ws.receive_data(bytes(data))
-            events = list(ws.events())
         except (RemoteProtocolError, ValueError) as e:
             # wsproto decodes some headers as ASCII itself: UnicodeDecodeError is bad input
             raise WebSocketError(f"bad HTTP upgrade response: {e}") from None
-        for event in events:
+        # lazily: listing every event would also take those of the frames that came with
+        # the response, which the stream's _handle_events must get
+        for event in ws.events():
             if isinstance(event, AcceptConnection):
                 stream = WebSocketStream(transport, ws)
                 await stream._handle_events()
