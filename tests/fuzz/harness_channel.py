@@ -37,6 +37,7 @@ from trivmc.backends import EchoBackend, NullBackend
 from trivmc.backends.base import Backend
 from trivmc.protocol import (
     ChannelType,
+    MainChannelsList,
     MessageDecoder,
     MessageEncoder,
     MsgcCommon,
@@ -125,6 +126,7 @@ class _Plan:
     sent_data: bytearray = field(default_factory=bytearray)  # what reaches the device
     clean: bool = True  # only well-formed, bounded messages that the channel takes
     garbage: bool = False
+    attaches: int = 0  # ATTACH_CHANNELS messages sent (main channel)
 
 
 def _takes(kind: ChannelType, mtype: int, body: bytes) -> bool:
@@ -158,6 +160,8 @@ def _plan(data: bytes) -> _Plan:
 
     def message(mtype: int, body: bytes) -> None:
         wire.extend(enc.encode(mtype, body))
+        if not vmc and mtype == MsgcMain.ATTACH_CHANNELS:
+            plan.attaches += 1
         if len(body) > plan.bound:
             plan.clean = False
         elif vmc and mtype == MsgcVmc.COMPRESSED_DATA:
@@ -296,6 +300,10 @@ def _check_written(plan: _Plan, written: bytes) -> None:
     if plan.kind == ChannelType.MAIN:
         assert not types or types[0] == MsgMain.INIT, types  # empty: closed at once
         assert set(types[1:]) <= {MsgMain.CHANNELS_LIST, MsgCommon.PING}, types
+        lists = [body for mtype, body in messages if mtype == MsgMain.CHANNELS_LIST]
+        assert all(MainChannelsList.decode(body).channels == tuple(HOSTED) for body in lists)
+        if not plan.garbage:  # garbage may hold ATTACH_CHANNELS too
+            assert len(lists) <= plan.attaches, (len(lists), plan.attaches)
         return
     if plan.kind in (ChannelType.PORT, ChannelType.WEBDAV):
         assert not types or types[0] == MsgVmc.PORT_INIT, types
@@ -345,5 +353,8 @@ def seeds() -> dict[str, bytes]:
         "main-attach": head(3 | F_MINI, 0, [])
         .u8(R_TYPED).u8(TYPES.index(104)).blob(b"").u8(R_TYPED).u8(TYPES.index(105))
         .blob(b"\x02\x00").bytes(),
+        "main-attach-wait": head(3 | F_MINI | F_WAIT, 0, [])
+        .u8(R_TYPED).u8(TYPES.index(104)).blob(b"").u8(R_WAIT)
+        .u8(R_COMMON).u8(2).u8(12).raw(bytes(12)).bytes(),
         "main-unknown": head(3, 0, [5]).u8(R_RAW_TYPE).u16(150).blob(b"x").bytes(),
     }  # fmt: skip
