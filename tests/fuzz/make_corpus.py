@@ -5,16 +5,27 @@ spec's worked example, framed message streams, LZ4 COMPRESSED_DATA bodies, WebSo
 upgrades and frames...) in the harness's own input layout; this writes them to
 `tests/fuzz/corpus/<harness>/<name>`, replacing what was there. The inputs are
 deterministic (a fixed link key, fixed tickets), so `--check` can tell whether the
-committed corpus is what the harnesses make now.
+committed corpus is what the harnesses make now. Inputs that `--grow-corpus` merged in
+(named by their SHA-1, as libFuzzer names them) are kept and not checked.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import re
 import sys
+from pathlib import Path
 
 from .harnesses import HARNESSES, corpus_dir, load
+
+GROWN = re.compile(r"[0-9a-f]{40}")
+
+
+def generated_files(folder: Path) -> dict[str, bytes]:
+    """The files of `folder` that the harness made (not merged in by the fuzzer)."""
+    if not folder.is_dir():
+        return {}
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not GROWN.fullmatch(p.name)}
 
 
 def expected() -> dict[str, dict[str, bytes]]:
@@ -25,8 +36,7 @@ def differences() -> list[str]:
     """What differs between the committed corpus and the harnesses' seeds."""
     out: list[str] = []
     for name, seeds in expected().items():
-        folder = corpus_dir(name)
-        present = {p.name: p.read_bytes() for p in folder.iterdir()} if folder.is_dir() else {}
+        present = generated_files(corpus_dir(name))
         for file in sorted(seeds.keys() - present.keys()):
             out.append(f"{name}/{file}: missing")
         for file in sorted(present.keys() - seeds.keys()):
@@ -40,9 +50,9 @@ def differences() -> list[str]:
 def write() -> None:
     for name, seeds in expected().items():
         folder = corpus_dir(name)
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in generated_files(folder):
+            (folder / file).unlink()
         for file, data in seeds.items():
             (folder / file).write_bytes(data)
         size = sum(map(len, seeds.values()))

@@ -58,7 +58,9 @@ def run_atheris(name: str, libfuzzer_args: Sequence[str]) -> None:
         harness = load(name)
     _quiet()
     _use_guest_driver()
-    atheris.Setup([sys.argv[0], *libfuzzer_args], harness.fuzz_one)
+    # libFuzzer starts its merge (and fork) children as the shell command argv[0]
+    this = f"{sys.executable} -m tests.fuzz.worker atheris {name}"
+    atheris.Setup([this, *libfuzzer_args], harness.fuzz_one)
     atheris.Fuzz()
 
 
