@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, typecheck, bench, soak.
+"""nox sessions: tests, lint, typecheck, bench, soak, fuzz.
 
 `nox -s tests lint typecheck` is the project's test command (README, .ci/run).
 """
@@ -26,9 +26,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the library and the benchmarks."""
+    """mypy --strict on the library, the benchmarks and the fuzz harnesses."""
     session.install("-e", ".[test]", "mypy")
-    session.run("mypy", "--strict", "trivmc", "benchmarks")
+    session.run("mypy", "--strict", "trivmc", "benchmarks", "tests/fuzz")
 
 
 @nox.session
@@ -47,3 +47,17 @@ def soak(session: nox.Session) -> None:
     the options: `python -m benchmarks.soak --help`."""
     session.install("-e", ".")
     session.run("python", "-m", "benchmarks.soak", *session.posargs)
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of the protocol, transport and channels (docs/fuzzing.md):
+    `nox -s fuzz` (60 s per harness), `nox -s fuzz -- --time 3600 link` (an hour),
+    `nox -s fuzz -- --smoke` (5 s per harness, for CI). atheris when it installs,
+    hypothesis otherwise (`-- --engine hypothesis` forces it)."""
+    session.install("-e", ".[test]")
+    try:
+        session.install("atheris")
+    except nox.command.CommandFailed:
+        session.warn("atheris does not install here: the fuzz runner falls back to hypothesis")
+    session.run("python", "-m", "tests.fuzz", *session.posargs)

@@ -517,14 +517,15 @@ class ClientLink:
             both_select = reply.has_common(
                 CommonCap.PROTOCOL_AUTH_SELECTION
             ) and self.mess.has_common(CommonCap.PROTOCOL_AUTH_SELECTION)
-            if both_select:
-                if not reply.has_common(CommonCap.AUTH_SPICE):
-                    return self._fail(LinkError.INVALID_DATA, "no compatible auth mechanism")
-                self._out += _U32.pack(AuthMechanism.SPICE)
+            if both_select and not reply.has_common(CommonCap.AUTH_SPICE):
+                return self._fail(LinkError.INVALID_DATA, "no compatible auth mechanism")
             try:
-                self._out += encrypt_ticket(reply.pub_key, self.password)
+                ticket = encrypt_ticket(reply.pub_key, self.password)
             except LinkProtocolError as e:
-                return self._fail(e.code, str(e))
+                return self._fail(e.code, str(e))  # nothing queued: a failure sends nothing
+            if both_select:
+                self._out += _U32.pack(AuthMechanism.SPICE)
+            self._out += ticket
             self._state, self._need = _S.RESULT, 4
             return LinkReplyReceived(reply)
         if self._state is _S.RESULT:

@@ -153,22 +153,25 @@ async def accept_websocket(transport: trio.abc.Stream, initial: bytes = b"") -> 
         if seen > MAX_UPGRADE_REQUEST:
             raise WebSocketError(f"HTTP upgrade request longer than {MAX_UPGRADE_REQUEST} bytes")
         try:
-            ws.receive_data(data)
-            for event in ws.events():
-                if isinstance(event, Request):
-                    sub = SPICE_SUBPROTOCOL if SPICE_SUBPROTOCOL in event.subprotocols else None
-                    await transport.send_all(ws.send(AcceptConnection(subprotocol=sub)))
-                    stream = WebSocketStream(transport, ws)
-                    await stream._handle_events()  # frames that came with the request
-                    return stream
-        except RemoteProtocolError as e:
-            hint = e.event_hint
+            if data:  # wsproto (h11) takes b"" as the end of the stream
+                ws.receive_data(data)
+        except (RemoteProtocolError, ValueError) as e:
+            # wsproto decodes some headers itself (Host as IDNA): a ValueError (such as
+            # UnicodeDecodeError) is a bad request too, answered like the others
+            hint = e.event_hint if isinstance(e, RemoteProtocolError) else RejectConnection()
             if isinstance(hint, RejectConnection):
                 try:
                     await transport.send_all(ws.send(hint))
                 except (trio.BrokenResourceError, LocalProtocolError):
                     pass
             raise WebSocketError(f"bad HTTP upgrade: {e}") from None
+        for event in ws.events():  # lazily, as in connect_websocket
+            if isinstance(event, Request):
+                sub = SPICE_SUBPROTOCOL if SPICE_SUBPROTOCOL in event.subprotocols else None
+                await transport.send_all(ws.send(AcceptConnection(subprotocol=sub)))
+                stream = WebSocketStream(transport, ws)
+                await stream._handle_events()  # frames that came with the request
+                return stream
         data = bytes(await transport.receive_some(4096))
         if not data:
             raise WebSocketError("peer closed during the HTTP upgrade")
@@ -192,12 +195,15 @@ async def connect_websocket(
             raise WebSocketError("HTTP upgrade response too long")
         try:
             ws.receive_data(bytes(data))
-            for event in ws.events():
-                if isinstance(event, AcceptConnection):
-                    stream = WebSocketStream(transport, ws)
-                    await stream._handle_events()
-                    return stream
-                if isinstance(event, RejectConnection):
-                    raise WebSocketError(f"server refused the upgrade: HTTP {event.status_code}")
-        except RemoteProtocolError as e:
+        except (RemoteProtocolError, ValueError) as e:
+            # wsproto decodes some headers as ASCII itself: UnicodeDecodeError is bad input
             raise WebSocketError(f"bad HTTP upgrade response: {e}") from None
+        # lazily: listing every event would also take those of the frames that came with
+        # the response, which the stream's _handle_events must get
+        for event in ws.events():
+            if isinstance(event, AcceptConnection):
+                stream = WebSocketStream(transport, ws)
+                await stream._handle_events()
+                return stream
+            if isinstance(event, RejectConnection):
+                raise WebSocketError(f"server refused the upgrade: HTTP {event.status_code}")
