@@ -56,6 +56,7 @@ from trivmc.server import (
     VmcChannel,
     VmcChannelClient,
 )
+from trivmc.server.channel import PeerNotReading, PeerUnresponsive
 
 from .fuzzdata import FuzzInput, FuzzOutput, split
 from .triodriver import run_scenario
@@ -68,6 +69,12 @@ PORT_NAME = "org.trivmc.fuzz.0"
 SESSION_ID = 0x331DD668
 HOSTED = [(int(ChannelType.PORT), 0)]
 BOUNDS = (64 * 1024, 4096, 300, 16 * 1024 * 1024)
+# from the same byte's upper bits (index 0: the server's defaults, as older seeds had)
+BUDGETS = (4 * 1024 * 1024, 1, 700, 64 * 1024)  # client->device byte budget
+QUEUES = (2 * 1024 * 1024, 200, 3000, 64 * 1024)  # outgoing queue bound
+# a clean stream may still end for these: the peer here reads only when scheduled and
+# never answers PINGs
+BOUNDED = (PeerNotReading, PeerUnresponsive)
 # client message types worth trying: VMC, common, main, unknown
 TYPES = (101, 102, 201, 1, 2, 3, 4, 5, 6, 104, 105, 106, 107, 108, 112, 0, 7, 999)
 COMMON = (1, 2, 3, 6)  # ACK_SYNC, ACK, PONG, DISCONNECTING
@@ -102,13 +109,25 @@ def build_server(
     max_message: int,
     ping_interval: float | None,
     backend: Backend,
+    byte_budget: int = BUDGETS[0],
+    max_queued: int = QUEUES[0],
+    ping_misses: int = 3,
 ) -> Built:
     """Construct the server objects for one connection (the only place that does)."""
-    opts = ChannelOptions("fuzz", mini_header, max_message, False, ping_interval=ping_interval)
+    opts = ChannelOptions(
+        "fuzz",
+        mini_header,
+        max_message,
+        False,
+        ping_interval=ping_interval,
+        max_queued=max_queued,
+        ping_misses=ping_misses,
+    )
     if kind == ChannelType.MAIN:
         client = MainChannelClient(stream, opts, session_id=SESSION_ID, channels=lambda: HOSTED)
         return Built(client, None)
-    channel = VmcChannel(kind, 0, backend, PORT_NAME if kind == ChannelType.PORT else None)
+    name = PORT_NAME if kind == ChannelType.PORT else None
+    channel = VmcChannel(kind, 0, backend, name, byte_budget=byte_budget)
     return Built(VmcChannelClient(stream, opts, channel=channel, peer_lz4=peer_lz4), channel)
 
 
@@ -120,6 +139,9 @@ class _Plan:
     ping: bool
     echo: bool
     bound: int
+    budget: int = BUDGETS[0]
+    queue: int = QUEUES[0]
+    misses: int = 3
     initial: bytes = b""
     pieces: list[bytes] = field(default_factory=list)
     waits: set[int] = field(default_factory=set)  # the peer waits after these pieces
@@ -151,8 +173,13 @@ def _plan(data: bytes) -> _Plan:
         peer_lz4=bool(flags & F_LZ4),
         ping=bool(flags & F_PING),
         echo=not flags & F_NULL,
-        bound=BOUNDS[inp.u8() % len(BOUNDS)],
+        bound=0,
     )
+    sizes = inp.u8()
+    plan.bound = BOUNDS[sizes % len(BOUNDS)]
+    plan.budget = BUDGETS[(sizes >> 2) % len(BUDGETS)]
+    plan.queue = QUEUES[(sizes >> 4) % len(QUEUES)]
+    plan.misses = 1 + (sizes >> 6) % 3
     cuts = inp.cuts()
     enc = MessageEncoder(plan.mini)
     wire = bytearray()
@@ -241,6 +268,9 @@ async def _scenario(plan: _Plan) -> None:
         max_message=plan.bound,
         ping_interval=1.0 if plan.ping else None,
         backend=backend,
+        byte_budget=plan.budget,
+        max_queued=plan.queue,
+        ping_misses=plan.misses,
     )
     written = bytearray()
 
@@ -257,6 +287,9 @@ async def _scenario(plan: _Plan) -> None:
                 await peer.send_all(piece)
                 if i in plan.waits:
                     await trio.testing.wait_all_tasks_blocked()
+                    if built.channel is not None:  # the budget plus one message at most
+                        held = built.channel.device.buffered_bytes
+                        assert held <= plan.budget + plan.bound, (held, plan.budget)
             await peer.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -287,7 +320,10 @@ async def _scenario(plan: _Plan) -> None:
             assert device.client is None and built.channel.client is None
             assert device.tokens_free == device.total_tokens, device.tokens_free
             assert device.idle, device.outstanding_buffers
+            assert device.buffered_bytes == 0, device.buffered_bytes
         nursery.cancel_scope.cancel()
+    if error is not None and all(isinstance(leaf, BOUNDED) for leaf in _leaves(error)):
+        error = None  # a bound the peer crossed, not a fault of the message stream
     if plan.clean and error is not None:
         raise AssertionError(f"a clean message stream failed: {error!r}")
     _check_written(plan, bytes(written))
