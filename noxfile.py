@@ -13,6 +13,7 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 def tests(session: nox.Session) -> None:
     """The whole pytest suite: unit, behaviour and interop tests."""
     session.install("-e", ".[test]")
+    install_atheris(session)  # the fuzz runner's own test drives it when it installs
     session.run("pytest", "-q", *session.posargs)
 
 
@@ -56,8 +57,13 @@ def fuzz(session: nox.Session) -> None:
     `nox -s fuzz -- --smoke` (5 s per harness, for CI). atheris when it installs,
     hypothesis otherwise (`-- --engine hypothesis` forces it)."""
     session.install("-e", ".[test]")
+    install_atheris(session)
+    session.run("python", "-m", "tests.fuzz", *session.posargs)
+
+
+def install_atheris(session: nox.Session) -> None:
+    """atheris where it installs (a wheel for this platform); hypothesis otherwise."""
     try:
         session.install("atheris")
     except nox.command.CommandFailed:
         session.warn("atheris does not install here: the fuzz runner falls back to hypothesis")
-    session.run("python", "-m", "tests.fuzz", *session.posargs)
