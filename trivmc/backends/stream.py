@@ -16,6 +16,17 @@ session (`reconnect=SECONDS` is the longest wait; 0 disables). Listening backend
 (tcp-listen:, unix-listen:) are one persistent pipe: they accept one peer at a time
 for as long as they run, across client sessions. A peer's failure (a reset
 included) is logged with its cause and never raises out of the backend.
+
+A usbredir channel makes its backend *standing* (`standing = True`, set by the
+channel), to follow QEMU's usb-redir the way spice-server + QEMU do: a connecting
+backend keeps a connection to QEMU while no client is attached (reconnecting with
+the backoff while QEMU is away), holds what QEMU says first (its usbredir hello, at
+most EARLY_LIMIT bytes) for the next client, and after each client's session boundary
+closes that connection and opens a fresh one, so QEMU resets its device between two
+sessions. The guest side is open (`set_fe_open`: the channel is offered) while a peer
+is connected; a peer that goes away, or a reconnect that fails, closes it (the
+channel is withdrawn and its client's channel closed). Closing the peer at a session
+boundary does not: the fresh connection follows at once.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ RECEIVE_SIZE = 64 * 1024
 FIRST_BACKOFF = 0.1
 DEFAULT_RECONNECT = 2.0
 DEFAULT_DRAIN = 2.0  # seconds a departed client's bytes have to reach its peer
+EARLY_LIMIT = 64 * 1024  # what a standing peer may say before a client attaches
 
 
 class StreamBackend:
@@ -45,6 +57,7 @@ class StreamBackend:
 
     name = "stream"
     per_session = False  # a peer per client session (connecting backends)
+    standing = False  # follow the peer as a usbredir channel does (see the module doc)
 
     def __init__(self, drain: float = DEFAULT_DRAIN) -> None:
         self.chardev: SpiceChardev | None = None
@@ -63,6 +76,15 @@ class StreamBackend:
         self._out_ready = trio.Event()
         self._out_drained = trio.Event()
         self._client_changed = trio.Event()
+        self._early = bytearray()  # a standing peer's first words, kept for a client
+        self._peer_had_client = False  # the current peer has served a client
+        self._ending_session = False  # the peer is being closed at a session boundary
+        self.ended_at_boundary = False  # the last peer was closed by a session boundary
+
+    @property
+    def opens_later(self) -> bool:
+        """A standing backend's guest side opens once its peer is connected."""
+        return self.standing
 
     # ---- CharBackend -----------------------------------------------------------
 
@@ -88,6 +110,9 @@ class StreamBackend:
         self.client_attached = event == ChrEvent.OPENED
         if self.client_attached:
             self.session += 1
+            if self.peer is not None and not self._peer_had_client:
+                self._peer_had_client = True
+                self._hand_over_early()
         self._client_changed.set()
         self._client_changed = trio.Event()
 
@@ -97,12 +122,26 @@ class StreamBackend:
 
     # ---- bridging one peer -----------------------------------------------------
 
+    def _hand_over_early(self) -> None:
+        """The first client of a standing peer attached: what the peer said before goes
+        to it first (all of it fits the chardev's pending limit)."""
+        assert self.chardev is not None
+        if self._early:
+            early, self._early = self._early, bytearray()
+            self.chardev.chr_write(early)
+
     async def _peer_to_chardev(self, stream: trio.abc.Stream) -> None:
         assert self.chardev is not None
         while True:
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
                 break
+            if not self._peer_had_client:  # a standing peer before its client: keep it
+                self._early += data
+                del data
+                if len(self._early) >= EARLY_LIMIT:
+                    await self.wait_client(True)  # read on once a client took it
+                continue
             await self.chardev.send(data)
             del data  # not kept alive while waiting for the next read
         log.info("%s: peer closed its side", self.name)
@@ -144,6 +183,7 @@ class StreamBackend:
                 await self._out_drained.wait()
         self.peer = None  # from now on nothing more is taken for it
         if self._bridge_scope is not None:
+            self._ending_session = True
             self._bridge_scope.cancel()
             await self._bridge_done.wait()  # its CLOSED is the old session's, not the next's
         return self._drop_out()
@@ -155,6 +195,8 @@ class StreamBackend:
         self.peer = stream
         self.peers_served += 1
         self._bridge_done = done = trio.Event()
+        self._peer_had_client = self.client_attached or not self.standing
+        self._early = bytearray()
         self.chardev.set_fe_open(True)
         self.chardev.accept_input()
         try:
@@ -177,7 +219,11 @@ class StreamBackend:
             dropped = self._drop_out()
             if dropped:
                 log.warning("%s: %d bytes for a peer that is gone: dropped", self.name, dropped)
-            self.chardev.set_fe_open(False)
+            self._early = bytearray()
+            self.ended_at_boundary = self._ending_session
+            if not (self.standing and self._ending_session):
+                self.chardev.set_fe_open(False)  # (a standing peer is replaced at once)
+            self._ending_session = False
             done.set()
 
     async def run(self, chardev: SpiceChardev) -> None:
@@ -202,6 +248,9 @@ class ConnectingBackend(StreamBackend):
         raise NotImplementedError
 
     async def serve(self) -> None:
+        if self.standing:
+            await self._serve_standing()
+            return
         backoff = FIRST_BACKOFF
         while True:
             await self.wait_client(True)
@@ -230,6 +279,38 @@ class ConnectingBackend(StreamBackend):
                     await self.wait_client(False)
             elif self.client_attached:
                 await self.wait_client(False)
+
+
+    async def _serve_standing(self) -> None:
+        """Keep a peer connected whether or not a client is attached: a fresh one after
+        every session boundary, and again (with the backoff) after the peer went away."""
+        assert self.chardev is not None
+        backoff = FIRST_BACKOFF
+        cap = self.reconnect if self.reconnect > 0 else DEFAULT_RECONNECT
+        reported = False
+        while True:
+            try:
+                stream = await self.open_peer()
+            except OSError as e:
+                self.connect_failures += 1
+                self.chardev.set_fe_open(False)  # not reachable: the channel is withdrawn
+                level = logging.DEBUG if reported else logging.WARNING
+                log.log(level, "%s: cannot connect (%s); retrying", self.name, e)
+                reported = True
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, cap)
+                continue
+            reported = False
+            log.info("%s: connected", self.name)
+            started = trio.current_time()
+            await self.bridge(stream)
+            if trio.current_time() - started >= 1.0:
+                backoff = FIRST_BACKOFF  # it served a while: not a peer that keeps closing
+            if self.ended_at_boundary:
+                backoff = FIRST_BACKOFF  # replaced at once, for the next client
+            else:  # the peer went away: not at once (a peer that keeps closing would spin)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, cap)
 
 
 class TcpConnectBackend(ConnectingBackend):

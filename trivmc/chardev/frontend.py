@@ -5,6 +5,12 @@ a partial count otherwise; the backend calls `accept_input()` when it can take m
 Backend -> client: `chr_write()` discards while no client is connected (as QEMU does),
 otherwise keeps the data as pending and wakes the device; `send()` is the awaiting form
 a trio backend uses (it waits while the pending data is not yet read).
+
+The guest side opening and closing (`set_fe_open`) means what it means in QEMU: for a
+port (webdav is a port too), PORT_EVENT OPENED/CLOSED to the client
+(spice_port_set_fe_open); for usbredir's spicevmc, the channel is registered or
+unregistered (spice_vmc_set_fe_open): `on_fe_open` tells the channel, which offers
+itself to clients only while open.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from .interface import CharBackend, ChrEvent, DeviceData, DeviceSubtype
 
 log = logging.getLogger(__name__)
 
+PORT_EVENT_OPENED = 0
+PORT_EVENT_CLOSED = 1
 PORT_EVENT_BREAK = 2
 PENDING_LIMIT = 256 * 1024
 
@@ -60,13 +68,18 @@ class SpiceChardev:
         self.port_name = port_name
         self.device: CharDevice | None = None
         self.connected = False  # a client is attached (QEMU's be_open via vmc_state)
-        self.fe_open = subtype is DeviceSubtype.USBREDIR
+        # usbredir is registered from the start unless the backend's guest side opens
+        # later (a socket to QEMU: open once connected); a port opens when told
+        self.fe_open = subtype is DeviceSubtype.USBREDIR and not getattr(
+            backend, "opens_later", False
+        )
         self.blocked = False
         self._pending: deque[DeviceData] = deque()
         self._pending_size = 0
         self._drained = trio.Event()
         self._connected_changed = trio.Event()
-        self.on_port_event: Callable[[int], None] | None = None
+        self.on_port_event: Callable[[int], None] | None = None  # port: to the client
+        self.on_fe_open: Callable[[bool], None] | None = None  # spicevmc: (un)register
 
     # ---- DeviceInstance (called by the CharDevice) ---------------------------
 
@@ -183,9 +196,18 @@ class SpiceChardev:
             self.device.wakeup_writable()
 
     def set_fe_open(self, is_open: bool) -> None:
-        """The guest side opened or closed the port: announce it to the channel."""
+        """The guest side opened or closed: a port tells its client (PORT_EVENT), a
+        spicevmc channel is registered or unregistered (`on_fe_open`). Once per change."""
         if is_open == self.fe_open:
             return
         self.fe_open = is_open
-        if self.on_port_event is not None:
-            self.on_port_event(0 if is_open else 1)
+        if self.subtype is not DeviceSubtype.USBREDIR:
+            self.port_event(PORT_EVENT_OPENED if is_open else PORT_EVENT_CLOSED)
+        elif self.on_fe_open is not None:
+            self.on_fe_open(is_open)
+
+    def port_event(self, event: int) -> None:
+        """Send a port event (a byte: OPENED, CLOSED, BREAK or an application's own) to
+        the port's client, as spice_server_port_event does; nothing without a client."""
+        if self.subtype is not DeviceSubtype.USBREDIR and self.on_port_event is not None:
+            self.on_port_event(event)

@@ -55,7 +55,7 @@ class VmcChannel(trio.abc.HalfCloseableStream):
         self.is_unix = is_unix
         self._on_close = on_close
         self._data_send, self._data_recv = trio.open_memory_channel[bytes](RECEIVE_QUEUE)
-        self._events_send, self._events_recv = trio.open_memory_channel[PortEvent](math.inf)
+        self._events_send, self._events_recv = trio.open_memory_channel[int](math.inf)
         self._leftover = memoryview(b"")
         self._port_init = trio.Event()
         self._lost: str | None = None
@@ -92,9 +92,8 @@ class VmcChannel(trio.abc.HalfCloseableStream):
                     event = PortEventMsg.decode(msg.body).event
                     if event in (PortEvent.OPENED, PortEvent.CLOSED):
                         self.opened = event == PortEvent.OPENED
-                    self._events_send.send_nowait(
-                        PortEvent(event) if event <= 2 else PortEvent.BREAK
-                    )
+                    known = event in PortEvent._value2member_map_
+                    self._events_send.send_nowait(PortEvent(event) if known else event)
                 else:
                     log.debug(
                         "ignoring message %d on channel %d:%d",
@@ -185,8 +184,9 @@ class VmcChannel(trio.abc.HalfCloseableStream):
             raise trio.BrokenResourceError(self._lost or "channel closed before PORT_INIT")
         return self.port_name
 
-    async def next_event(self) -> PortEvent:
-        """The next PORT_EVENT from the server (OPENED, CLOSED, BREAK)."""
+    async def next_event(self) -> int:
+        """The next PORT_EVENT from the server: a PortEvent (OPENED, CLOSED, BREAK), or
+        the byte of an event of the application's own."""
         try:
             return await self._events_recv.receive()
         except trio.EndOfChannel:

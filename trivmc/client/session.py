@@ -308,6 +308,7 @@ class Session:
         self._nursery: trio.Nursery | None = None
         self._open: set[VmcChannel] = set()
         self._got_list = False
+        self._channels_changed = trio.Event()
         self.closed = False
 
     async def _link_main(self) -> None:
@@ -343,6 +344,29 @@ class Session:
             for entry in MainChannelsList.decode(msg.body).channels:
                 if entry not in self.channels:
                     self.channels.append(entry)
+            self._channels_changed.set()
+            self._channels_changed = trio.Event()
+
+    @property
+    def channel_list(self) -> list[tuple[int, int]]:
+        """The (type, id) of every channel the server has offered this session so far:
+        the first CHANNELS_LIST and every channel announced since (SPICE has no message
+        that withdraws one; a link to a channel gone since is refused)."""
+        return list(self.channels)
+
+    async def wait_channel(
+        self, channel_type: int, channel_id: int | None = None
+    ) -> tuple[int, int]:
+        """Wait until the server offers a channel of `channel_type` (with `channel_id`,
+        or any id) and return its (type, id). Raises ClosedResourceError if the session
+        closes first."""
+        while True:
+            for entry in self.channels:
+                if entry[0] == channel_type and channel_id in (None, entry[1]):
+                    return entry
+            if self.closed:
+                raise trio.ClosedResourceError("the session closed")
+            await self._channels_changed.wait()
 
     async def _main_loop(self) -> None:
         assert self.main is not None
@@ -357,6 +381,7 @@ class Session:
             log.info("main channel lost: %s", e)
         finally:
             self.closed = True
+            self._channels_changed.set()
             for ch in list(self._open):
                 ch.connection_lost("the session's main channel closed")
 
@@ -394,20 +419,28 @@ class Session:
 
     async def open_port(self, name: str) -> VmcChannel:
         """Open the port channel whose PORT_INIT carries `name` (channels are tried in
-        id order; a non-matching one is closed again)."""
+        id order; a non-matching one is closed again, and one the server closes before
+        PORT_INIT, because another session's client holds it, is skipped)."""
         known = [cid for cid, n in self.port_names.items() if n == name]
         ids = known or [cid for t, cid in self.channels if t == ChannelType.PORT]
+        busy = 0
         for cid in ids:
             if cid in self.port_names and self.port_names[cid] != name:
                 continue
             channel = await self.open_channel(ChannelType.PORT, cid)
-            with trio.fail_after(30):
-                port_name = await channel.wait_port_init()
+            try:
+                with trio.fail_after(30):
+                    port_name = await channel.wait_port_init()
+            except trio.BrokenResourceError:
+                busy += 1  # closed at once: the port has another client
+                await channel.aclose()
+                continue
             self.port_names[cid] = port_name
             if port_name == name:
                 return channel
             await channel.aclose()
-        raise LookupError(f"no port channel named {name!r}")
+        why = f" ({busy} port(s) busy with another client)" if busy else ""
+        raise LookupError(f"no port channel named {name!r}{why}")
 
     async def aclose(self) -> None:
         """Close every channel and the main channel."""

@@ -1,4 +1,5 @@
-"""The main channel client: MAIN_INIT, then CHANNELS_LIST on ATTACH_CHANNELS."""
+"""The main channel client: MAIN_INIT, then CHANNELS_LIST on ATTACH_CHANNELS, and a
+CHANNELS_LIST of each channel that appears later (spice-server's registered-new-channel)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ class MainChannelClient(ChannelClient):
         *,
         session_id: int,
         channels: Callable[[], list[tuple[int, int]]],
+        offered: Callable[[tuple[int, int]], bool] = lambda _key: True,
     ) -> None:
         super().__init__(stream, opts)
         self.session_id = session_id
         self._channels = channels
+        self._offered = offered
         self.attached = False
 
     async def on_start(self) -> None:
@@ -47,3 +50,10 @@ class MainChannelClient(ChannelClient):
             log.debug("%s: ignoring main message %d", self.name, mtype)
         else:
             raise UnknownMessage(f"{self.name}: unknown main message type {mtype}")
+
+    def announce(self, channels: list[tuple[int, int]]) -> None:
+        """Tell the client of channels that appeared, once it has asked for the list
+        (before that, its ATTACH_CHANNELS answer will hold them)."""
+        new = [key for key in channels if self._offered(key)]
+        if self.attached and new:
+            self.send(MsgMain.CHANNELS_LIST, MainChannelsList(tuple(new)).encode())

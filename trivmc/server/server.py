@@ -69,6 +69,14 @@ class _Conn:
 
 
 @dataclass
+class _ChannelTask:
+    """The task running a channel's device and backend: cancel `scope` to stop it."""
+
+    scope: trio.CancelScope
+    done: trio.Event
+
+
+@dataclass
 class _Linked:
     mess: LinkMess
     mini_header: bool
@@ -93,6 +101,7 @@ class Server:
             self.config.max_pending_links, self.config.max_pending_per_source
         )
         self.channels: dict[tuple[int, int], VmcChannel] = {}
+        self._channel_tasks: dict[tuple[int, int], _ChannelTask] = {}
         self.links_refused = 0
         self.connections = 0
         self.tls_failures = 0
@@ -103,12 +112,48 @@ class Server:
     # ---- channel registry ------------------------------------------------------
 
     def add_channel(self, channel: VmcChannel) -> VmcChannel:
+        """Host `channel`, before or while serving. While serving, its device and
+        backend start at once and, once it is offered, every session is told of it."""
         if channel.key in self.channels:
             raise ValueError(f"channel {channel.label} is already registered")
-        if self._nursery is not None:
-            raise RuntimeError("register channels before serving")
         self.channels[channel.key] = channel
+        channel.on_available = self._announce
+        if self._nursery is not None:
+            self._start_channel(self._nursery, channel)
+            if channel.available:
+                self._announce(channel)
         return channel
+
+    async def remove_channel(self, channel: VmcChannel) -> None:
+        """Stop hosting `channel`: its client is closed, its device and backend stop,
+        and every buffer it held is released before this returns. New links to it are
+        refused from now on (sessions are not told: SPICE has no message for that)."""
+        if self.channels.get(channel.key) is not channel:
+            raise ValueError(f"channel {channel.label} is not hosted here")
+        del self.channels[channel.key]
+        channel.removed = True
+        channel.disconnect_client()
+        task = self._channel_tasks.pop(channel.key, None)
+        if task is not None:
+            task.scope.cancel()
+            await task.done.wait()
+        await channel.wait_no_client()
+        channel.device.reset()
+        log.info("%s: removed", channel.label)
+
+    def _start_channel(self, nursery: trio.Nursery, channel: VmcChannel) -> None:
+        task = _ChannelTask(trio.CancelScope(), trio.Event())
+        self._channel_tasks[channel.key] = task
+        nursery.start_soon(self._run_channel_device, channel, task)
+
+    def _announce(self, channel: VmcChannel) -> None:
+        """Tell every connected session that `channel` is offered (CHANNELS_LIST with it
+        alone, as spice-server does for a channel registered after the link)."""
+        if self.channels.get(channel.key) is not channel or not channel.available:
+            return
+        for session in self.sessions:
+            if session.announce is not None:
+                session.announce([channel.key])
 
     def _next_id(self, channel_type: ChannelType) -> int:
         """The lowest free id; the wire gives a channel id one byte, so a server holds
@@ -146,7 +191,9 @@ class Server:
         )
 
     def channel_list(self) -> list[tuple[int, int]]:
-        return sorted(self.channels)
+        """The channels offered now (a usbredir channel whose guest side is closed is
+        not)."""
+        return sorted(key for key, ch in self.channels.items() if ch.available)
 
     # ---- serving ---------------------------------------------------------------
 
@@ -195,7 +242,7 @@ class Server:
                 if self.config.heap_trim_interval:
                     nursery.start_soon(trim_periodically, self.config.heap_trim_interval)
                 for channel in self.channels.values():
-                    nursery.start_soon(self._run_channel_device, channel)
+                    self._start_channel(nursery, channel)
                 for sock, addr, secure in listeners:
                     name = format_address(addr) + (" (TLS)" if secure else "")
                     on_accept = functools.partial(self._accepted, nursery, secure=secure)
@@ -207,24 +254,29 @@ class Server:
             for sock, _, _ in listeners:
                 sock.close()
 
-    async def _run_channel_device(self, channel: VmcChannel) -> None:
-        """Run a channel's char device and backend; a failure is logged, the channel's
-        client is disconnected and the device and backend start again after a pause."""
+    async def _run_channel_device(self, channel: VmcChannel, task: _ChannelTask) -> None:
+        """Run a channel's char device and backend until it is removed or the server
+        stops; a failure is logged, the channel's client is disconnected and the device
+        and backend start again after a pause."""
         pause = BACKEND_RESTART_PAUSE
-        while True:
-            try:
-                await channel.run()
-                return
-            except Exception as e:
-                log.error(
-                    "%s: the backend failed, restarting it in %.0f s",
-                    channel.label,
-                    pause,
-                    exc_info=e,
-                )
-            channel.disconnect_client()
-            await trio.sleep(pause)
-            pause = min(2 * pause, BACKEND_RESTART_MAX)
+        try:
+            with task.scope:
+                while True:
+                    try:
+                        await channel.run()
+                        return
+                    except Exception as e:
+                        log.error(
+                            "%s: the backend failed, restarting it in %.0f s",
+                            channel.label,
+                            pause,
+                            exc_info=e,
+                        )
+                    channel.disconnect_client()
+                    await trio.sleep(pause)
+                    pause = min(2 * pause, BACKEND_RESTART_MAX)
+        finally:
+            task.done.set()
 
     async def __aenter__(self) -> list[object]:
         """Serve in the background; the value is the list of bound addresses."""
@@ -358,17 +410,17 @@ class Server:
     def _check_channel(self, mess: LinkMess, conn: _Conn) -> LinkError:
         if mess.channel_type == ChannelType.MAIN:
             return LinkError.OK if mess.channel_id == 0 else LinkError.CHANNEL_NOT_AVAILABLE
-        if (mess.channel_type, mess.channel_id) not in self.channels:
+        channel = self.channels.get((mess.channel_type, mess.channel_id))
+        if channel is None or not channel.available:
             return LinkError.CHANNEL_NOT_AVAILABLE
         if conn.websocket and mess.channel_type == ChannelType.USBREDIR:
             return LinkError.CHANNEL_NOT_AVAILABLE  # not offered to browsers
         return LinkError.OK
 
-    def _channels_for(self, conn: _Conn) -> Callable[[], list[tuple[int, int]]]:
-        """What CHANNELS_LIST offers: every channel, but usbredir only off WebSocket."""
-        if not conn.websocket:
-            return self.channel_list
-        return lambda: [c for c in self.channel_list() if c[0] != ChannelType.USBREDIR]
+    def _offered_to(self, conn: _Conn) -> Callable[[tuple[int, int]], bool]:
+        """Whether a channel is for this connection's session: usbredir only off
+        WebSocket (browsers have no USB redirection)."""
+        return lambda key: not (conn.websocket and key[0] == ChannelType.USBREDIR)
 
     async def _link_key(self) -> LinkKey:
         """The RSA key of one link, taken once its link message is complete: a never-used
@@ -443,7 +495,10 @@ class Server:
         last log line, written by the caller, says how it ended)."""
         mess = linked.mess
         main = mess.channel_type == ChannelType.MAIN
-        channel = None if main else self.channels[(mess.channel_type, mess.channel_id)]
+        channel = None if main else self.channels.get((mess.channel_type, mess.channel_id))
+        if not main and channel is None:
+            log.info("%s: the channel was removed during the link", conn.peer)
+            return
         opts = ChannelOptions(
             name=f"{conn.peer} {'main' if channel is None else channel.label}",
             mini_header=linked.mini_header,
@@ -464,15 +519,22 @@ class Server:
         self, stream: trio.abc.Stream, opts: ChannelOptions, linked: _Linked, conn: _Conn
     ) -> None:
         session = self.sessions.create()
+        offered = self._offered_to(conn)
         client = MainChannelClient(
-            stream, opts, session_id=session.connection_id, channels=self._channels_for(conn)
+            stream,
+            opts,
+            session_id=session.connection_id,
+            channels=lambda: [key for key in self.channel_list() if offered(key)],
+            offered=offered,
         )
         conn.peer += f" (session {session.connection_id:#010x})"
         log.info("%s: linked", conn.peer)
+        session.announce = client.announce
         try:
             with session.scope:
                 await client.run(linked.trailing)
         finally:
+            session.announce = None
             self.sessions.remove(session)
 
     async def _run_vmc(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable, Iterator
 
 import trio
 
@@ -21,6 +22,9 @@ class Session:
         self.scope = trio.CancelScope()
         self.alive = True
         self.channel_scopes: set[trio.CancelScope] = set()
+        # tells the client of channels that appeared (MSG_MAIN_CHANNELS_LIST); set by
+        # the main channel once it runs
+        self.announce: Callable[[list[tuple[int, int]]], None] | None = None
 
     def join(self, scope: trio.CancelScope) -> None:
         """Tie a channel's cancel scope to this session's lifetime."""
@@ -53,6 +57,10 @@ class SessionTable:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        """The live sessions (a snapshot: safe while sessions come and go)."""
+        return iter([s for s in self._sessions.values() if s.alive])
 
     def get(self, connection_id: int) -> Session | None:
         s = self._sessions.get(connection_id)

@@ -8,11 +8,17 @@ reads), device data goes back as DATA or COMPRESSED_DATA by the LZ4 rules.
 Between two clients lies a session boundary: the departed client's bytes get the drain
 deadline to reach its backend peer, the rest is dropped (counted, logged), and the next
 client is attached only after that, so no byte crosses from one session to another.
+
+A usbredir channel follows its guest side, as spice-server + QEMU do: it is offered
+(`available`) only while the backend's far side is open; when that closes, the
+attached client's channel is closed; when it opens again, `on_available` tells the
+server, which announces the channel to every connected session.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -117,10 +123,15 @@ class VmcChannel:
         if channel_type == ChannelType.PORT and not port_name:
             raise ValueError("a port channel needs a name")
         self.backend = backend
+        if channel_type == ChannelType.USBREDIR and hasattr(backend, "standing"):
+            backend.standing = True  # follow QEMU's usb-redir (backends/stream.py)
         self.chardev = SpiceChardev(backend, subtype, port_name)
         self.device = CharDevice(self.chardev, byte_budget=byte_budget)
         self.chardev.attach(self.device)
         self.chardev.on_port_event = self._on_port_event
+        self.chardev.on_fe_open = self._on_fe_open
+        self.on_available: Callable[[VmcChannel], None] | None = None  # set by the server
+        self.removed = False  # taken out of the server: never offered again
         self.client: VmcChannelClient | None = None  # linked (maybe still waiting)
         self._attached: VmcChannelClient | None = None  # attached to the device
         self.clients_served = 0
@@ -130,6 +141,8 @@ class VmcChannel:
         self._session_over = trio.Event()  # the last client's session boundary is done
         self._session_over.set()
         self._nursery: trio.Nursery | None = None
+        self._client_gone = trio.Event()
+        self._client_gone.set()
 
     @property
     def key(self) -> tuple[int, int]:
@@ -146,9 +159,27 @@ class VmcChannel:
     def is_port(self) -> bool:
         return self.channel_type in (ChannelType.PORT, ChannelType.WEBDAV)
 
+    @property
+    def available(self) -> bool:
+        """Offered to clients: a port always; usbredir while its guest side is open."""
+        if self.removed:
+            return False
+        return self.channel_type != ChannelType.USBREDIR or self.chardev.fe_open
+
     def _on_port_event(self, event: int) -> None:
         if self._attached is not None and self.is_port:
             self._attached.send(MsgVmc.PORT_EVENT, PortEventMsg(event).encode())
+
+    def _on_fe_open(self, is_open: bool) -> None:
+        """usbredir's guest side opened (register: announce) or closed (unregister: the
+        client's channel is closed, as spice-server's channel destroy does)."""
+        if is_open:
+            log.info("%s: guest side open: channel offered", self.label)
+            if self.on_available is not None and not self.removed:
+                self.on_available(self)
+        else:
+            log.info("%s: guest side closed: channel withdrawn", self.label)
+            self.disconnect_client()
 
     async def run(self) -> None:
         """Run the char device and the backend until cancelled."""
@@ -195,6 +226,10 @@ class VmcChannel:
         finally:
             over.set()
 
+    async def wait_no_client(self) -> None:
+        """Return once no client is linked to this channel."""
+        await self._client_gone.wait()
+
     def disconnect_client(self) -> None:
         """Disconnect the current client, if any (its `run()` returns)."""
         if self.client is not None:
@@ -208,9 +243,13 @@ class VmcChannel:
             log.warning("%s: refusing a second client (the first keeps the channel)", self.label)
             return
         self.client = client
+        self._client_gone = trio.Event()
         self.clients_served += 1
         try:
             await self._session_over.wait()  # the previous client's boundary
+            if not self.available:
+                log.info("%s: closing a client: the channel is not offered now", self.label)
+                return
             if self.is_port:
                 name = (self.chardev.port_name or "").encode()
                 client.send(MsgVmc.PORT_INIT, PortInit(name, self.chardev.fe_open).encode())
@@ -223,6 +262,7 @@ class VmcChannel:
                 self.device.remove_client(client)
                 self._begin_boundary()
             self.client = None
+            self._client_gone.set()
 
 
 def vmc_channel_caps(lz4: bool = True) -> list[int]:
