@@ -280,7 +280,6 @@ class ConnectingBackend(StreamBackend):
             elif self.client_attached:
                 await self.wait_client(False)
 
-
     async def _serve_standing(self) -> None:
         """Keep a peer connected whether or not a client is attached: a fresh one after
         every session boundary, and again (with the backoff) after the peer went away."""
