@@ -94,6 +94,17 @@ async def test_a_stalled_peers_bytes_are_dropped_at_the_boundary_not_given_to_th
         got_a = await read_all(conn_a)  # A's peer got a prefix of A's bytes, then closed
         assert got_a == b"A" * len(got_a)
         assert len(got_a) + channel.bytes_dropped <= sent
+        stats = channel.device.stats
+        backend_dropped = channel.backend.dropped  # type: ignore[attr-defined]
+        # exact: what the device handed the backend reached A's peer or was dropped there
+        assert stats.in_data - 1000 == len(got_a) + backend_dropped
+        assert channel.bytes_dropped == stats.dropped + backend_dropped
+        print(
+            f"boundary counters: A sent {sent}, device took {stats.in_data - 1000} of A's,"
+            f" A's peer got {len(got_a)}, dropped {channel.bytes_dropped} (device queue"
+            f" {stats.dropped}, backend buffer {backend_dropped});"
+            f" B's peer got {len(got)} of B's 1000, none of A's"
+        )
 
 
 async def test_a_departed_clients_bytes_reach_its_own_peer_within_the_deadline(

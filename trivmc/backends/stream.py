@@ -159,10 +159,27 @@ class StreamBackend:
             # so no buffer keeps the capacity of a past burst
             data, self._out = self._out, bytearray()
             self._sending = len(data)
-            await stream.send_all(data)
-            self._sending = 0  # (left set when cancelled: `_drop_out` counts it)
+            await self._send_counted(stream, data)
+            self._sending = 0  # (left set when cancelled: `_drop_out` counts the rest)
             del data  # sent: not kept alive while waiting for more
             self.chardev.accept_input()
+
+    async def _send_counted(self, stream: trio.abc.Stream, data: bytearray) -> None:
+        """Send `data`, keeping `_sending` at what the peer has not taken yet, so that a
+        send cancelled half-way counts as dropped only what never left. A socket's
+        `send` is all-or-nothing under cancellation (trio's guarantee), so with a
+        socket the count is exact; other streams count their whole send."""
+        sock = getattr(stream, "socket", None)
+        if sock is None:
+            await stream.send_all(data)
+            return
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(view):
+                with view[sent:] as rest:
+                    n = await sock.send(rest)
+                sent += n
+                self._sending -= n
 
     def _drop_out(self) -> int:
         """Drop the bytes waiting for the peer (it is gone, or its session ended)."""
@@ -182,11 +199,13 @@ class StreamBackend:
             while (self._out or self._sending) and self.peer is not None:
                 await self._out_drained.wait()
         self.peer = None  # from now on nothing more is taken for it
+        before = self.dropped
         if self._bridge_scope is not None:
             self._ending_session = True
             self._bridge_scope.cancel()
             await self._bridge_done.wait()  # its CLOSED is the old session's, not the next's
-        return self._drop_out()
+        self._drop_out()
+        return self.dropped - before  # what the bridge dropped as it ended, and the rest
 
     async def bridge(self, stream: trio.abc.Stream) -> None:
         """Serve `stream` as the peer until it closes or its session ends; never raises
@@ -217,7 +236,7 @@ class StreamBackend:
             if self.peer is stream:
                 self.peer = None
             dropped = self._drop_out()
-            if dropped:
+            if dropped and not self._ending_session:  # (a boundary logs its own drops)
                 log.warning("%s: %d bytes for a peer that is gone: dropped", self.name, dropped)
             self._early = bytearray()
             self.ended_at_boundary = self._ending_session
