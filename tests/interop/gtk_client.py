@@ -18,6 +18,17 @@ Scenarios:
   usbredir-cd URI ISO            redirect an emulated USB CD built from ISO; print a
                                  JSON line "connected" then wait for a "disconnect" line
                                  on stdin, disconnect, print "disconnected", exit.
+  usbredir-replug URI ISO        follow the usbredir channel through its QEMU side going
+                                 away and coming back: print one JSON line (with a
+                                 monotonic "t") for every usbredir channel-new/-destroy,
+                                 channel-event, USB manager signal and connect result;
+                                 redirect the CD when the first usbredir channel opens;
+                                 then obey stdin lines: "redirect" (connect the CD again,
+                                 on the channel spice-gtk picks: the newest open one;
+                                 if spice-gtk still holds the CD, disconnect it first and,
+                                 as it then drops the shared CD, connect a new one),
+                                 "state" (print what the manager and session hold),
+                                 "quit".
 """
 
 from __future__ import annotations
@@ -281,6 +292,148 @@ def scenario_usbredir_cd(args: argparse.Namespace) -> int:
     return r.run()
 
 
+def scenario_usbredir_replug(args: argparse.Namespace) -> int:
+    r = Runner(args.uri, args.password, args.timeout, args.ca_file, usbredir=True)
+    mgr = SpiceClientGLib.UsbDeviceManager.get(r.session)
+    # every usbredir channel object spice-gtk makes gets a serial number: "obj"
+    chans: dict[int, Any] = {}
+    state: dict[str, Any] = {"dev": None, "redirects": 0, "reported": False}
+
+    def emit(event: str, **fields: Any) -> None:
+        out({"event": event, "t": time.monotonic(), **fields})
+
+    def obj_of(ch: Any) -> int:
+        for n, c in chans.items():
+            if c is ch:
+                return n
+        return -1
+
+    def connected_now() -> bool:
+        dev = state["dev"]
+        return dev is not None and bool(mgr.is_device_connected(dev))
+
+    def report_device_state() -> bool:
+        now = connected_now()
+        if now != state["reported"]:
+            state["reported"] = now
+            emit("device-state", connected=now)
+        return False
+
+    def redirect(why: str) -> None:
+        dev = state["dev"]
+        if dev is None:
+            emit("redirect-skipped", why=why, reason="no shared CD yet")
+            return
+        state["redirects"] += 1
+        n = state["redirects"]
+        was = connected_now()
+        emit("redirect", why=why, n=n, was_connected=was)
+        t0 = time.monotonic()
+
+        def done(m: Any, res: Any, _data: Any) -> None:
+            try:
+                ok = bool(m.connect_device_finish(res))
+            except GLib.Error as e:
+                emit("connect-error", n=n, message=e.message, connected=connected_now())
+                return
+            emit("connected", n=n, ok=ok, seconds=time.monotonic() - t0)
+            report_device_state()
+
+        def released(m: Any, res: Any, _data: Any) -> None:
+            try:
+                m.disconnect_device_finish(res)
+                emit("disconnected", n=n)
+            except GLib.Error as e:
+                emit("disconnect-error", n=n, message=e.message)
+            if any(d is dev for d in mgr.get_devices()):
+                mgr.connect_device_async(dev, None, done, None)
+                return
+            # spice-gtk drops a shared CD once disconnected: make it anew, connect that
+            state["dev"] = None
+            state["on_new_cd"] = lambda new: mgr.connect_device_async(new, None, done, None)
+            if not mgr.create_shared_cd_device(args.iso):
+                emit("no-shared-cd", n=n)
+
+        if was:
+            # spice-gtk still holds the device on a channel that is gone: release it first
+            mgr.disconnect_device_async(dev, None, released, None)
+        else:
+            mgr.connect_device_async(dev, None, done, None)
+
+    def on_stdin(_fd: Any, _cond: Any) -> bool:
+        line = sys.stdin.readline()
+        cmd = line.strip()
+        if not line or cmd == "quit":
+            r.finish()
+            return False
+        if cmd == "redirect":
+            redirect("stdin")
+        elif cmd == "state":
+            live = [
+                {"obj": obj_of(c), "channel_id": int(c.get_property("channel-id"))}
+                for c in r.session.get_channels()
+                if isinstance(c, SpiceClientGLib.UsbredirChannel)
+            ]
+            emit(
+                "state",
+                connected=connected_now(),
+                free_channels=int(mgr.get_property("free-channels")),
+                session_usbredir=live,
+            )
+        else:
+            emit("unknown-command", line=cmd)
+        return True
+
+    def on_event(ch: Any, ev: Any) -> None:
+        name = r.event_name(ev)
+        emit("channel-event", obj=obj_of(ch), name=name, connected=connected_now())
+        GLib.idle_add(report_device_state)  # the manager reacts after this handler
+        if name == "opened" and state["redirects"] == 0:
+            redirect("first-open")
+
+    def on_channel_new(_s: Any, ch: Any) -> None:
+        if not isinstance(ch, SpiceClientGLib.UsbredirChannel):
+            return
+        n = len(chans) + 1
+        chans[n] = ch
+        GObject.Object.connect(ch, "channel-event", on_event)
+        emit("channel-new", obj=n, channel_id=int(ch.get_property("channel-id")))
+
+    def on_channel_destroy(_s: Any, ch: Any) -> None:
+        if isinstance(ch, SpiceClientGLib.UsbredirChannel):
+            emit("channel-destroy", obj=obj_of(ch), connected=connected_now())
+
+    def on_device_added(m: Any, dev: Any) -> None:
+        shared = bool(m.is_device_shared_cd(dev))
+        emit("device-added", shared_cd=shared, description=dev.get_description("%s %s"))
+        if shared and state["dev"] is None:
+            state["dev"] = dev
+            then = state.pop("on_new_cd", None)
+            if then is not None:
+                then(dev)
+
+    def on_device_removed(_m: Any, dev: Any) -> None:
+        emit("device-removed", ours=dev is state["dev"], description=dev.get_description("%s %s"))
+
+    def on_auto_connect_failed(_m: Any, _dev: Any, err: Any) -> None:
+        emit("auto-connect-failed", message=err.message)
+
+    def on_device_error(_m: Any, _dev: Any, err: Any) -> None:
+        emit("device-error", message=err.message, connected=connected_now())
+
+    GObject.Object.connect(r.session, "channel-new", on_channel_new)
+    GObject.Object.connect(r.session, "channel-destroy", on_channel_destroy)
+    GObject.Object.connect(mgr, "device-added", on_device_added)
+    GObject.Object.connect(mgr, "device-removed", on_device_removed)
+    GObject.Object.connect(mgr, "auto-connect-failed", on_auto_connect_failed)
+    GObject.Object.connect(mgr, "device-error", on_device_error)
+    GLib.io_add_watch(sys.stdin.fileno(), GLib.IO_IN | GLib.IO_HUP, on_stdin)
+    emit("start", auto_connect=bool(mgr.get_property("auto-connect")))
+    if not mgr.create_shared_cd_device(args.iso):
+        emit("no-shared-cd")
+    return r.run()
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--password", default=None)
@@ -296,9 +449,10 @@ def main() -> int:
     s.add_argument("uri")
     s = sub.add_parser("usbredir")
     s.add_argument("uri")
-    s = sub.add_parser("usbredir-cd")
-    s.add_argument("uri")
-    s.add_argument("iso")
+    for name in ("usbredir-cd", "usbredir-replug"):
+        s = sub.add_parser(name)
+        s.add_argument("uri")
+        s.add_argument("iso")
     args = p.parse_args()
     if args.scenario == "port-echo":
         return scenario_port_echo(args, second=False)
@@ -308,6 +462,8 @@ def main() -> int:
         return scenario_auth(args)
     if args.scenario == "usbredir":
         return scenario_usbredir(args)
+    if args.scenario == "usbredir-replug":
+        return scenario_usbredir_replug(args)
     return scenario_usbredir_cd(args)
 
 

@@ -159,9 +159,15 @@ class Qmp:
         return str(await self.command("human-monitor-command", **{"command-line": line}))
 
 
-def listening_socket(family: int = socket.AF_INET) -> socket.socket:
-    """A loopback listening socket (port chosen by the kernel) to hand to QEMU."""
+def listening_socket(family: int = socket.AF_INET, reuse_addr: bool = False) -> socket.socket:
+    """A loopback listening socket (port chosen by the kernel) to hand to QEMU.
+
+    With `reuse_addr`, SO_REUSEADDR is set, and it is inherited by the connections
+    accepted on it: a later listener (QEMU's own, say) can bind the same port again
+    while an old connection still sits in TIME_WAIT."""
     s = socket.socket(family, socket.SOCK_STREAM)
+    if reuse_addr:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", 0))
     s.listen(4)
     return s
@@ -175,11 +181,14 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def qemu(extra_args: Sequence[str], pass_fds: Sequence[int] = ()) -> AsyncIterator[Qmp]:
+async def qemu(
+    extra_args: Sequence[str], pass_fds: Sequence[int] = (), stderr: list[str] | None = None
+) -> AsyncIterator[Qmp]:
     """Start QEMU with a QMP monitor on a pre-bound unix socket; yield a ready Qmp.
 
     The QMP greeting arrives after machine init, so every listener QEMU opens (its
     SPICE port, socket chardevs) is up once this yields. QEMU is killed on exit.
+    QEMU's stderr is always drained; with `stderr`, its lines are appended there.
     """
     require_qemu()
     with tempfile.TemporaryDirectory(prefix="trivmc-qemu-") as tmp:
@@ -211,6 +220,11 @@ async def qemu(extra_args: Sequence[str], pass_fds: Sequence[int] = ()) -> Async
                 )
             )
             qsock.close()
+            assert proc.stderr is not None
+            if stderr is None:
+                nursery.start_soon(_drain, proc.stderr)
+            else:
+                nursery.start_soon(_collect, proc.stderr, stderr)
             try:
                 with trio.fail_after(30):
                     stream = await trio.open_unix_socket(path)
