@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import tempfile
 
-import pytest
 import trio
 
 from .tools import listening_socket, make_iso, qemu, trivmc_serve
@@ -30,7 +29,6 @@ async def test_usb_cd_through_trivmc_gateway() -> None:
     print(f"trivmc gateway: connect_device_async -> attached in {secs * 1e3:.0f} ms")
 
 
-@pytest.mark.xfail(reason="issue 16 item 2: server side pending", strict=False)
 async def test_usbredir_replug_through_trivmc_gateway() -> None:
     """Issue 16 item 2 through the gateway, as test_usbredir_replug_through_qemu_spice_server
     does it through QEMU's spice-server: the usb-redir device (and its socket chardev, and

@@ -214,3 +214,25 @@ async def test_a_session_linked_while_withdrawn_gets_the_announcement_once(
         await settle(lambda: backend.peer is not None)
         assert lists == [[(USBREDIR, 0)]]
         conn.close()
+
+
+async def test_offered_once_qemu_speaks_not_when_its_socket_accepts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """QEMU's chardev socket accepts before its usb-redir device exists (chardev-add,
+    then device_add): the channel is offered only once QEMU has said its hello."""
+    qemu = Qemu()
+    await qemu.listen()
+    server, channel, backend = gateway(qemu.port)
+    async with server as addrs, connect(uri_of(addrs), lz4=False) as session:
+        assert qemu.listener is not None
+        with trio.fail_after(30):
+            conn, _ = await qemu.listener.accept()  # connected, and silent
+        await settle(lambda: backend.peer is not None)
+        assert not channel.available and (USBREDIR, 0) not in session.channel_list
+        await conn.send(b"HELLO")  # device_add: QEMU's hello
+        with trio.fail_after(30):
+            await session.wait_channel(USBREDIR, 0)
+        redir = await session.open_usbredir(0)
+        assert await read_exactly(redir, 5) == b"HELLO"
+        conn.close()

@@ -25,8 +25,10 @@ most EARLY_LIMIT bytes) for the next client, and after each client's session bou
 closes that connection and opens a fresh one, so QEMU resets its device between two
 sessions. The guest side is open (`set_fe_open`: the channel is offered) while a peer
 is connected; a peer that goes away, or a reconnect that fails, closes it (the
-channel is withdrawn and its client's channel closed). Closing the peer at a session
-boundary does not: the fresh connection follows at once.
+channel is withdrawn and its client's channel closed). The guest side counts as open
+once the peer has spoken (QEMU's usb-redir chardev accepts connections before its
+device exists, and sends its hello once it does). Closing the peer at a session
+boundary does not close it: the fresh connection follows at once.
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ class StreamBackend:
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
                 break
+            if self.standing and not self.chardev.fe_open:
+                # QEMU's usb-redir accepts a connection as soon as its chardev exists,
+                # but speaks (its hello) only once the device is there: that is "open"
+                self.chardev.set_fe_open(True)
             if not self._peer_had_client:  # a standing peer before its client: keep it
                 self._early += data
                 del data
@@ -216,7 +222,8 @@ class StreamBackend:
         self._bridge_done = done = trio.Event()
         self._peer_had_client = self.client_attached or not self.standing
         self._early = bytearray()
-        self.chardev.set_fe_open(True)
+        if not self.standing:
+            self.chardev.set_fe_open(True)  # (a standing peer: once it has spoken)
         self.chardev.accept_input()
         try:
             with trio.CancelScope() as self._bridge_scope:
