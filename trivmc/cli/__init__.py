@@ -12,7 +12,7 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("serve", "connect")
+SUBCOMMANDS = ("serve", "connect", "ctl", "status")
 
 
 def build_parser() -> argparse.ArgumentParser:

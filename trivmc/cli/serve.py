@@ -12,10 +12,12 @@ from typing import Any
 import trio
 
 from ..backends import BackendSpecError, parse_backend
+from ..control import ControlAddress, ControlServer, parse_control_address
 from ..server import Server, ServerConfig
 from ..server.config import DEFAULT_PORT, parse_channel_names
 from ..server.server import format_address, leaf_exceptions
 from ..transport import server_tls_context
+from . import version
 
 log = logging.getLogger("trivmc.serve")
 
@@ -63,6 +65,17 @@ def add_parser(sub: Any) -> None:
     auth = p.add_mutually_exclusive_group()
     auth.add_argument("--password", metavar="PW", help="ticket clients must present")
     auth.add_argument("--disable-ticketing", action="store_true", help="accept any ticket")
+    auth.add_argument(
+        "--password-file",
+        metavar="FILE",
+        help="read the ticket from FILE (its first line), not from the command line",
+    )
+    p.add_argument(
+        "--control",
+        metavar="ADDRESS",
+        help="a QMP control socket: unix:PATH or tcp:127.0.0.1:PORT (loopback only);"
+        " drive it with `trivmc ctl`, `trivmc status`, qmp-shell or socat",
+    )
     p.add_argument(
         "--multi-session",
         action="store_true",
@@ -197,9 +210,12 @@ def load_config(path: str) -> dict[str, Any]:
 def merge_config(args: argparse.Namespace) -> argparse.Namespace:
     """Fill options not given on the command line from --config, then defaults."""
     conf = load_config(args.config) if args.config else {}
-    if args.password is None and not args.disable_ticketing:
+    if args.password is None and not args.disable_ticketing and args.password_file is None:
         args.password = conf.get("password")
+        args.password_file = conf.get("password_file")
         args.disable_ticketing = bool(conf.get("disable_ticketing", False))
+    if args.password_file is not None:
+        args.password = read_password_file(args.password_file)
     for key, default in (
         ("listen", []),
         ("unix", []),
@@ -222,12 +238,26 @@ def merge_config(args: argparse.Namespace) -> argparse.Namespace:
         ("max_pending_links", None),
         ("max_pending_per_source", None),
         ("byte_budget", None),
+        ("control", None),
     ):
         if getattr(args, key) is None:
             setattr(args, key, conf.get(key, default))
     if isinstance(args.byte_budget, str):
         args.byte_budget = parse_size(args.byte_budget)
     return args
+
+
+def read_password_file(path: str) -> str:
+    """The ticket in `path`: its first line, without the line end."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the password file {path}: {e}") from e
+    password = line.rstrip("\r\n")
+    if not password:
+        raise ValueError(f"the password file {path} is empty")
+    return password
 
 
 def limits(args: argparse.Namespace) -> dict[str, Any]:
@@ -329,10 +359,17 @@ async def print_stats(server: Server, every: float) -> None:
 
 
 async def serve(
-    server: Server, stats: float | None = None, started: Started | None = None
+    server: Server,
+    stats: float | None = None,
+    started: Started | None = None,
+    control: ControlAddress | None = None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         addresses: list[object] = await nursery.start(server.serve)
+        if control is not None:
+            ctl = ControlServer(server, control, version=version())
+            bound = await nursery.start(ctl.serve)
+            print(f"trivmc: control socket {bound}", flush=True)
         if started is not None:
             started.yes = True
         if server.password is None and any(
@@ -369,12 +406,13 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         server = build_server(args)
+        control = parse_control_address(args.control) if args.control else None
     except (ValueError, BackendSpecError) as e:
         print(f"trivmc serve: {e}", file=sys.stderr)
         return 2
     started = Started()
     try:
-        trio.run(serve, server, args.stats, started)
+        trio.run(serve, server, args.stats, started, control)
     except BaseException as e:
         leaves = leaf_exceptions(e)
         if all(isinstance(x, KeyboardInterrupt) for x in leaves):

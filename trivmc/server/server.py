@@ -41,6 +41,7 @@ from .accept import accept_loop, raise_fd_limit
 from .admission import PendingLink, PendingLinks, source_key
 from .channel import ChannelOptions, PeerNotReading, PeerUnresponsive
 from .config import ServerConfig
+from .events import EventHub, LinkedChannel, basic_info
 from .heap import trim_periodically
 from .keys import KeyMaker
 from .main_channel import MainChannelClient
@@ -66,6 +67,9 @@ class _Conn:
     is_unix: bool
     secure: bool
     websocket: bool
+    serial: int = 0
+    server_info: dict[str, Any] | None = None  # QEMU's SpiceBasicInfo of both ends
+    client_info: dict[str, Any] | None = None
 
 
 @dataclass
@@ -106,6 +110,9 @@ class Server:
         self.connections = 0
         self.tls_failures = 0
         self.tls_addresses: list[object] = []
+        self.addresses: list[object] = []  # the plain ones, once serving
+        self.events = EventHub()
+        self.ticket_expiry = self.config.ticket_expiry  # may change at run time
         self._nursery: trio.Nursery | None = None
         self._stack = contextlib.AsyncExitStack()
 
@@ -195,6 +202,38 @@ class Server:
         not)."""
         return sorted(key for key, ch in self.channels.items() if ch.available)
 
+    # ---- tickets at run time (QEMU's set_password / expire_password) -------------
+
+    def set_password(self, password: str, connected: str = "keep") -> None:
+        """Set the ticket (enabling ticketing), as spice_server_set_ticket does: with
+        `connected="fail"` refuse (ValueError) while a session is connected, with
+        "disconnect" close every session, with "keep" leave them. An expiry set by
+        `expire_password` stays in force (QEMU keeps it across set_password)."""
+        if connected not in ("keep", "disconnect", "fail"):
+            raise ValueError(f"connected must be keep, disconnect or fail, not {connected!r}")
+        if connected == "fail" and len(self.sessions):
+            raise ValueError("Could not set password: a client is connected")
+        self.password = check_password(password)
+        log.info("ticket set (connected=%s)", connected)
+        if connected == "disconnect":
+            for session in list(self.sessions):
+                log.info("session %#010x: closed: the ticket changed", session.connection_id)
+                self.sessions.remove(session)
+
+    def expire_password(self, when: float | None) -> None:
+        """Refuse tickets from `when` (a `time.time()` value) on; None: never."""
+        self.ticket_expiry = when
+        log.info("ticket expiry: %s", "never" if when is None else f"{when:.0f}")
+
+    def disconnect_session(self, connection_id: int) -> bool:
+        """Close the session `connection_id` and all of its channels; False if none."""
+        session = self.sessions.get(connection_id)
+        if session is None:
+            return False
+        log.info("session %#010x: closed by the operator", connection_id)
+        self.sessions.remove(session)
+        return True
+
     # ---- serving ---------------------------------------------------------------
 
     async def _listeners(self) -> list[tuple[trio.socket.SocketType, object, bool]]:
@@ -234,7 +273,7 @@ class Server:
         if not listeners:
             raise ValueError("nothing to listen on: give listen, tls_listen or unix addresses")
         self.tls_addresses = [addr for _, addr, secure in listeners if secure]
-        addresses = [addr for _, addr, secure in listeners if not secure]
+        addresses = self.addresses = [addr for _, addr, secure in listeners if not secure]
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -323,6 +362,12 @@ class Server:
         conn = _Conn(peer + (" tls" if secure else ""), is_unix, secure, websocket=False)
         stream: trio.abc.AsyncResource | None = None
         try:
+            conn.serial = self.events.next_serial()
+            conn.server_info = basic_info(sock.family, sock.getsockname())
+            conn.client_info = basic_info(sock.family, addr)
+            self.events.emit(
+                "SPICE_CONNECTED", {"server": conn.server_info, "client": conn.client_info}
+            )
             stream = plain = self._client_socket(sock)
             linked = None
             with slot.scope:
@@ -352,6 +397,11 @@ class Server:
             log_connection_error(conn.peer, group)
         finally:
             self.pending.done(slot)
+            self.events.linked.pop(conn.serial, None)
+            if conn.client_info is not None:
+                self.events.emit(
+                    "SPICE_DISCONNECTED", {"server": conn.server_info, "client": conn.client_info}
+                )
             if stream is None:
                 sock.close()
             else:
@@ -474,7 +524,7 @@ class Server:
                         key,
                         ev.ticket,
                         self.password,
-                        expiry=self.config.ticket_expiry,
+                        expiry=self.ticket_expiry,
                         now=time.time(),
                     )
                     session: Session | None = None
@@ -515,10 +565,25 @@ class Server:
             assert linked.session is not None
             await self._run_vmc(stream, opts, linked, conn, channel, linked.session)
 
+    @property
+    def auth(self) -> str:
+        """QEMU's name of the link policy: "spice" with ticketing, else "none"."""
+        return "none" if self.password is None else "spice"
+
+    def _initialized(self, conn: _Conn, connection_id: int, mess: LinkMess) -> None:
+        """A channel linked: list it (query-spice) and emit SPICE_INITIALIZED."""
+        entry = LinkedChannel(
+            conn.client_info or {}, connection_id, mess.channel_type, mess.channel_id, conn.secure
+        )
+        self.events.linked[conn.serial] = entry
+        server = {**(conn.server_info or {}), "auth": self.auth}
+        self.events.emit("SPICE_INITIALIZED", {"server": server, "client": entry.info()})
+
     async def _run_main(
         self, stream: trio.abc.Stream, opts: ChannelOptions, linked: _Linked, conn: _Conn
     ) -> None:
         session = self.sessions.create()
+        self._initialized(conn, session.connection_id, linked.mess)
         offered = self._offered_to(conn)
         client = MainChannelClient(
             stream,
@@ -548,6 +613,8 @@ class Server:
     ) -> None:
         lz4 = linked.mess.has_channel(VmcCap.DATA_COMPRESS_LZ4) and not conn.websocket
         client = VmcChannelClient(stream, opts, channel=channel, peer_lz4=lz4)
+        client.connection_id = session.connection_id
+        self._initialized(conn, session.connection_id, linked.mess)
         log.info("%s: linked (client lz4: %s)", conn.peer, "yes" if lz4 else "no")
         with trio.CancelScope() as scope:
             session.join(scope)

@@ -55,6 +55,7 @@ class VmcChannelClient(ChannelClient):
         self.channel = channel
         self.peer_lz4 = peer_lz4
         self.max_decompressed = self.decoder.max_size
+        self.connection_id = 0  # its session's
 
     def push_device_data(self, data: DeviceData) -> None:
         stats = self.channel.device.stats
