@@ -644,3 +644,24 @@ async def test_websocket_sessions_get_no_usbredir_announcements(
             ]
             ch = await browser.open_webdav()
             assert await echo(ch, PAYLOAD) == PAYLOAD
+
+
+# ---- the server stopping with clients attached -----------------------------------------
+
+
+async def test_stopping_the_server_with_clients_attached_logs_no_internal_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same race as a removal: the client's clean-up ran while its channel's device
+    task was ending and raised into the connection ("internal error" with a traceback,
+    on about every other stop)."""
+    for _ in range(10):
+        server = make_server()
+        server.add_port(PORT, EchoBackend())
+        async with trio.open_nursery() as nursery:
+            addrs = await nursery.start(server.serve)
+            async with connect(uri_of(addrs), lz4=False) as session:
+                port = await session.open_port(PORT)
+                assert await echo(port, b"x") == b"x"
+                nursery.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
