@@ -288,6 +288,8 @@ class CharDevice:
                         await self._wait_writable()
             finally:
                 self._queued -= 1
+                if len(view) and gen == self._reset_gen:  # cancelled: reset() did not count it
+                    self.stats.dropped += len(view)
                 self._unbuffer(len(view))  # what is left unwritten (reset, cancelled)
                 buf.release()
                 del view, buf  # not kept alive while waiting for the next buffer

@@ -208,6 +208,9 @@ class SpiceChardev:
 
     def port_event(self, event: int) -> None:
         """Send a port event (a byte: OPENED, CLOSED, BREAK or an application's own) to
-        the port's client, as spice_server_port_event does; nothing without a client."""
+        the port's client, as spice_server_port_event does; nothing without a client.
+        ValueError for a value that is not a byte, client or not."""
+        if not 0 <= event <= 255:
+            raise ValueError(f"a port event is one byte (0-255), not {event}")
         if self.subtype is not DeviceSubtype.USBREDIR and self.on_port_event is not None:
             self.on_port_event(event)

@@ -344,6 +344,8 @@ class Session:
             for entry in MainChannelsList.decode(msg.body).channels:
                 if entry not in self.channels:
                     self.channels.append(entry)
+                if entry[0] == ChannelType.PORT:  # (re)announced: its name is asked again
+                    self.port_names.pop(entry[1], None)
             self._channels_changed.set()
             self._channels_changed = trio.Event()
 
@@ -418,16 +420,22 @@ class Session:
         return await self.open_channel(ChannelType.WEBDAV, 0)
 
     async def open_port(self, name: str) -> VmcChannel:
-        """Open the port channel whose PORT_INIT carries `name` (channels are tried in
-        id order; a non-matching one is closed again, and one the server closes before
-        PORT_INIT, because another session's client holds it, is skipped)."""
-        known = [cid for cid, n in self.port_names.items() if n == name]
-        ids = known or [cid for t, cid in self.channels if t == ChannelType.PORT]
+        """Open the port channel whose PORT_INIT carries `name`: one known to carry it
+        first, then those whose name is not known yet, in id order. A non-matching one
+        is closed again; one the server closes before PORT_INIT (another session's
+        client holds it) or refuses (removed since it was listed) is skipped."""
+        ports = sorted(cid for t, cid in self.channels if t == ChannelType.PORT)
+        known = [cid for cid in ports if self.port_names.get(cid) == name]
+        ids = known + [cid for cid in ports if cid not in self.port_names]
         busy = 0
         for cid in ids:
-            if cid in self.port_names and self.port_names[cid] != name:
+            try:
+                channel = await self.open_channel(ChannelType.PORT, cid)
+            except SpiceLinkError as e:
+                if e.code != LinkError.CHANNEL_NOT_AVAILABLE:
+                    raise
+                self.port_names.pop(cid, None)  # gone: asked again if it comes back
                 continue
-            channel = await self.open_channel(ChannelType.PORT, cid)
             try:
                 with trio.fail_after(30):
                     port_name = await channel.wait_port_init()

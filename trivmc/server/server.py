@@ -123,6 +123,8 @@ class Server:
         backend start at once and, once it is offered, every session is told of it."""
         if channel.key in self.channels:
             raise ValueError(f"channel {channel.label} is already registered")
+        if channel.removed:  # its state went with it: a new VmcChannel takes its place
+            raise ValueError(f"channel {channel.label} was removed: host a new one")
         self.channels[channel.key] = channel
         channel.on_available = self._announce
         if self._nursery is not None:
@@ -276,10 +278,12 @@ class Server:
         addresses = self.addresses = [addr for _, addr, secure in listeners if not secure]
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
                 await nursery.start(self.key_maker.run)
                 if self.config.heap_trim_interval:
                     nursery.start_soon(trim_periodically, self.config.heap_trim_interval)
+                # from here on add_channel starts a channel itself; one added while the
+                # first keys were made is started below, with the others (once)
+                self._nursery = nursery
                 for channel in self.channels.values():
                     self._start_channel(nursery, channel)
                 for sock, addr, secure in listeners:

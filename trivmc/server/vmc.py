@@ -196,11 +196,15 @@ class VmcChannel:
     def _begin_boundary(self) -> None:
         """The attached client left: end its session before the next client starts."""
         over = self._session_over = trio.Event()
-        if self._nursery is None:  # not running: nothing can be delivered any more
-            self.bytes_dropped += self.device.reset()
-            over.set()
-            return
-        self._nursery.start_soon(self._end_session, over)
+        if self._nursery is not None:
+            try:
+                self._nursery.start_soon(self._end_session, over)
+                return
+            except RuntimeError:  # closed: run() is ending (the channel is being stopped)
+                pass
+        # not running: nothing can be delivered any more
+        self.bytes_dropped += self.device.reset()
+        over.set()
 
     async def _end_session(self, over: trio.Event) -> None:
         """The session boundary: what the departed client sent gets until the drain
@@ -258,12 +262,14 @@ class VmcChannel:
             self.device.attach_client(client)
             await client.run(initial)
         finally:
-            if self._attached is client:
-                self._attached = None
-                self.device.remove_client(client)
-                self._begin_boundary()
-            self.client = None
-            self._client_gone.set()
+            try:
+                if self._attached is client:
+                    self._attached = None
+                    self.device.remove_client(client)
+                    self._begin_boundary()
+            finally:  # the channel is free again whatever happened above
+                self.client = None
+                self._client_gone.set()
 
 
 def vmc_channel_caps(lz4: bool = True) -> list[int]:
