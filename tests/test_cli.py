@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 
@@ -155,3 +156,31 @@ def test_limit_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         with pytest.raises(SystemExit) as e:
             main(["serve", *bad])
         assert e.value.code == 2
+
+
+# ---- names (--name, --uuid) ----------------------------------------------------------
+
+
+def test_name_and_uuid_options_and_config(tmp_path: Path) -> None:
+    cfg = build_server(  # type: ignore[arg-type]
+        serve_args("--name", "vm one", "--uuid", "6F1E2D3C-4B5A-4978-8695-A4B3C2D1E0F9")
+    ).config
+    assert cfg.name == "vm one" and cfg.uuid == UUID("6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
+    plain = build_server(serve_args()).config  # type: ignore[arg-type]
+    assert (plain.name, plain.uuid) == (None, None)
+    conf = tmp_path / "names.toml"
+    conf.write_text('name = "from-toml"\nuuid = "00000000-0000-0000-0000-0000000000aa"\n')
+    cfg = build_server(serve_args("--config", str(conf))).config  # type: ignore[arg-type]
+    assert cfg.name == "from-toml" and cfg.uuid == UUID(int=0xAA)
+    cfg = build_server(serve_args("--config", str(conf), "--name", "cli")).config  # type: ignore[arg-type]
+    assert cfg.name == "cli" and cfg.uuid == UUID(int=0xAA)
+
+
+def test_invalid_uuid_is_a_one_line_error() -> None:
+    one_line_error(serve_process("--uuid", "not-a-uuid"), "--uuid: not a UUID: 'not-a-uuid'")
+
+
+def test_bad_name_in_config_is_a_one_line_error(tmp_path: Path) -> None:
+    conf = tmp_path / "n.toml"
+    conf.write_text("name = 5\n")
+    one_line_error(serve_process("--config", str(conf)), "name must be text")

@@ -7,6 +7,7 @@ import logging
 import ssl
 import sys
 import tomllib
+import uuid
 from typing import Any
 
 import trio
@@ -42,10 +43,12 @@ examples:
   trivmc serve --multi-session --port org.example.shell.0=exec:/bin/sh
       a shell per client on a port channel, several clients at once
   trivmc serve --webdav file:/tmp/webdav.log --port org.example.log.0=file:/tmp/port.log
+  trivmc serve --name vm1 --uuid 8e9f0c3a-0b1d-4c2e-9f3a-1b2c3d4e5f60
+      the guest's name and UUID, sent to clients (remote-viewer shows the name)
   trivmc serve --config trivmc.toml --stats 10
       settings from TOML (the same names: listen, unix, password, disable_ticketing,
-      multi_session, usbredir = [...], port = {NAME = BACKEND}, webdav, log_level, stats);
-      command-line options override it
+      multi_session, usbredir = [...], port = {NAME = BACKEND}, webdav, log_level, stats,
+      name, uuid); command-line options override it
 """
 
 
@@ -72,6 +75,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--usbredir", action="append", metavar="BACKEND", default=None)
     p.add_argument("--port", action="append", metavar="NAME=BACKEND", default=None)
     p.add_argument("--webdav", metavar="BACKEND")
+    p.add_argument("--name", help="the guest's name, sent to clients (MAIN_NAME)")
+    p.add_argument("--uuid", help="the guest's UUID, sent to clients (MAIN_UUID)")
     tls = p.add_argument_group("TLS (secure channels)")
     tls.add_argument("--tls-listen", action="append", metavar="HOST:PORT", default=None)
     tls.add_argument("--cert", metavar="FILE", help="server certificate (PEM, with its chain)")
@@ -176,6 +181,7 @@ CONFIG_KEYS = {
     "usbredir", "port", "webdav", "log_level", "stats", "tls_listen", "cert", "key",
     "ca", "secure_channels", "plaintext_channels", "no_websocket", "ping_interval",
     "ping_misses", "keepalive", "max_pending_links", "max_pending_per_source", "byte_budget",
+    "name", "uuid",
 }  # fmt: skip
 
 
@@ -222,6 +228,8 @@ def merge_config(args: argparse.Namespace) -> argparse.Namespace:
         ("max_pending_links", None),
         ("max_pending_per_source", None),
         ("byte_budget", None),
+        ("name", None),
+        ("uuid", None),
     ):
         if getattr(args, key) is None:
             setattr(args, key, conf.get(key, default))
@@ -265,6 +273,10 @@ def build_server(args: argparse.Namespace) -> Server:
     except (OSError, ssl.SSLError) as e:
         files = " and ".join(f for f in (args.cert, args.key) if f)
         raise ValueError(f"cannot load the TLS certificate/key from {files}: {e}") from e
+    try:
+        vm_uuid = None if args.uuid is None else uuid.UUID(str(args.uuid))
+    except ValueError:
+        raise ValueError(f"--uuid: not a UUID: {args.uuid!r}") from None
     secure = parse_channel_names(args.secure_channels or "")
     if secure and not tls_listen:
         raise ValueError("--secure-channels needs a TLS listener (--tls-listen)")
@@ -278,6 +290,8 @@ def build_server(args: argparse.Namespace) -> Server:
         secure_channels=secure,
         plaintext_channels=parse_channel_names(args.plaintext_channels or ""),
         websocket=not args.no_websocket,
+        name=args.name,
+        uuid=vm_uuid,
         **limits(args),
     )
     server = Server(config)

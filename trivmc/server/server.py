@@ -526,6 +526,9 @@ class Server:
             session_id=session.connection_id,
             channels=lambda: [key for key in self.channel_list() if offered(key)],
             offered=offered,
+            client_caps=linked.mess.channel_caps,
+            name=self.config.name,
+            uuid=self.config.uuid,
         )
         conn.peer += f" (session {session.connection_id:#010x})"
         log.info("%s: linked", conn.peer)
