@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import importlib.metadata
+import signal
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+import trio
 
 from trivmc.cli import build_parser, main
+from trivmc.cli.replay import close_recordings
 from trivmc.cli.serve import build_server, merge_config, stats_lines
+from trivmc.client import connect
+
+from .interop.tools import LineReader
 
 
 def serve_args(*argv: str) -> object:
@@ -155,3 +163,210 @@ def test_limit_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         with pytest.raises(SystemExit) as e:
             main(["serve", *bad])
         assert e.value.code == 2
+
+
+# ---- names (--name, --uuid) ----------------------------------------------------------
+
+
+def test_name_and_uuid_options_and_config(tmp_path: Path) -> None:
+    cfg = build_server(  # type: ignore[arg-type]
+        serve_args("--name", "vm one", "--uuid", "6F1E2D3C-4B5A-4978-8695-A4B3C2D1E0F9")
+    ).config
+    assert cfg.name == "vm one" and cfg.uuid == UUID("6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9")
+    plain = build_server(serve_args()).config  # type: ignore[arg-type]
+    assert (plain.name, plain.uuid) == (None, None)
+    conf = tmp_path / "names.toml"
+    conf.write_text('name = "from-toml"\nuuid = "00000000-0000-0000-0000-0000000000aa"\n')
+    cfg = build_server(serve_args("--config", str(conf))).config  # type: ignore[arg-type]
+    assert cfg.name == "from-toml" and cfg.uuid == UUID(int=0xAA)
+    cfg = build_server(serve_args("--config", str(conf), "--name", "cli")).config  # type: ignore[arg-type]
+    assert cfg.name == "cli" and cfg.uuid == UUID(int=0xAA)
+
+
+def test_invalid_uuid_is_a_one_line_error() -> None:
+    one_line_error(serve_process("--uuid", "not-a-uuid"), "--uuid: not a UUID: 'not-a-uuid'")
+
+
+def test_bad_name_in_config_is_a_one_line_error(tmp_path: Path) -> None:
+    conf = tmp_path / "n.toml"
+    conf.write_text("name = 5\n")
+    one_line_error(serve_process("--config", str(conf)), "name must be text")
+
+
+# ---- recording (--record) and trivmc replay -------------------------------------------
+
+
+def test_record_option_names_a_hosted_channel(tmp_path: Path) -> None:
+    rec = tmp_path / "a.rec"
+    server = build_server(serve_args("--record", f"org.trivmc.echo.0={rec}"))  # type: ignore[arg-type]
+    [ch] = server.channels.values()
+    assert ch.chardev.recorder is not None and ch.chardev.recorder.label == ch.label
+    assert rec.read_bytes().startswith(b"TRIVREC2")
+    close_recordings(server)
+    assert ch.chardev.recorder is None
+    conf = tmp_path / "r.toml"
+    conf.write_text(f'usbredir = "null"\nwebdav = "null"\n[record]\n"usbredir:0" = "{rec}"\n')
+    server = build_server(serve_args("--config", str(conf)))  # type: ignore[arg-type]
+    recording = [ch.label for ch in server.channels.values() if ch.chardev.recorder]
+    assert recording == ["usbredir:0"]
+    close_recordings(server)
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        ("org.nope.0={tmp}/x.rec", "--record: no hosted channel 'org.nope.0' (hosted: port:0"),
+        ("webdav={tmp}/x.rec", "no hosted channel 'webdav'"),
+        ("org.trivmc.echo.0", "--record: expected CHANNEL=FILE"),
+        ("org.trivmc.echo.0={tmp}/no/such/dir/x.rec", "--record: cannot create"),
+    ],
+    ids=["unknown", "not-hosted", "no-file", "bad-path"],
+)
+def test_bad_record_option_is_a_one_line_error(tmp_path: Path, record: str, why: str) -> None:
+    one_line_error(serve_process("--record", record.format(tmp=tmp_path)), why)
+
+
+def test_record_twice_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = f"org.trivmc.echo.0={tmp_path}/a.rec", f"port:0={tmp_path}/b.rec"
+    assert main(["serve", "--record", a, "--record", b]) == 2
+    assert "recorded twice" in capsys.readouterr().err
+
+
+def replay_process(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trivmc", "replay", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def replay_one_line_error(r: subprocess.CompletedProcess[str], why: str) -> None:
+    assert r.returncode == 2, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("trivmc replay: ") and why in lines[0], lines
+    assert r.stdout == ""
+
+
+def good_recording() -> bytes:
+    label = b"port:0 (org.t.0)"
+    return (
+        b"TRIVREC2"
+        + struct.pack("<H", len(label))
+        + label
+        + struct.pack("<BQI", 2, 0, 1)
+        + b"\x00"
+        + struct.pack("<BQI", 1, 1000, 5)
+        + b"hello"
+        + struct.pack("<BQI", 0x81, 2000, 5)
+        + b"hello"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"", "not a trivmc chardev recording"),
+        (b"#!/bin/sh\necho hi\n", "not a trivmc chardev recording"),
+        (good_recording()[:-3], "record 2 at offset 58: truncated payload (2 of 5 bytes)"),
+        (good_recording()[:-10], "record 2 at offset 58: truncated header (8 of 13 bytes)"),
+        (good_recording()[:12], "truncated header label"),
+    ],
+    ids=["empty", "not-a-recording", "cut-payload", "cut-header", "cut-label"],
+)
+@pytest.mark.parametrize("mode", ["show", "to"])
+def test_replay_refuses_bad_files_in_one_line(
+    tmp_path: Path, content: bytes, why: str, mode: str
+) -> None:
+    path = tmp_path / "bad.rec"
+    path.write_bytes(content)
+    out = tmp_path / "out.bin"
+    args = ["--show", str(path)] if mode == "show" else [str(path), "--to", f"file:{out}"]
+    replay_one_line_error(replay_process(*args), f"{path}: {why}")
+    assert not out.exists()  # nothing delivered (nor created)
+
+
+def test_replay_missing_file_and_bad_backend(tmp_path: Path) -> None:
+    replay_one_line_error(replay_process("--show", str(tmp_path / "none.rec")), "No such file")
+    path = tmp_path / "good.rec"
+    path.write_bytes(good_recording())
+    replay_one_line_error(replay_process(str(path), "--to", "warp:9"), "unknown backend")
+    r = replay_process(str(path))
+    assert r.returncode == 2 and "one of the arguments --show --to is required" in r.stderr
+
+
+def test_replay_show_and_to_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "good.rec"
+    path.write_bytes(good_recording())
+    assert main(["replay", "--show", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "trivmc recording, format version 2, port:0 (org.t.0)"
+    assert "0.000001s c->d data        5 B  68 65 6c 6c 6f  |hello|" in out[2]
+    assert "0.000002s d->c data        5 B  68 65 6c 6c 6f  |hello|" in out[3]
+    target = tmp_path / "sent.bin"
+    assert main(["replay", str(path), "--to", f"file:{target}"]) == 0  # (original timing)
+    assert target.read_bytes() == b"hello"
+    assert "5 bytes and 1 events" in capsys.readouterr().out
+
+
+async def test_serve_record_then_show_then_replay(tmp_path: Path) -> None:
+    """End to end: `trivmc serve --record` with a client echoing through the demo port,
+    `trivmc replay --show` of the file, then `trivmc replay --to file:` reproducing
+    exactly what the client sent."""
+    rec = tmp_path / "echo.rec"
+    messages = [b"hello", bytes(range(256)), b"\x00" * 3000 + b"end", b"last"]
+    cmd = [sys.executable, "-m", "trivmc", "serve", "--listen", "127.0.0.1:0"]
+    cmd += ["--record", f"org.trivmc.echo.0={rec}", "--name", "rec-vm"]
+    proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        with trio.fail_after(30):
+            uri = (await LineReader(proc.stdout).readline()).decode().split()[-1]
+        async with connect(uri) as session:
+            assert session.name == "rec-vm"
+            ch = await session.open_port("org.trivmc.echo.0")
+            for m in messages:
+                await ch.send_all(m)
+                got = b""
+                with trio.fail_after(10):
+                    while len(got) < len(m):
+                        got += await ch.receive_some()
+                assert got == m
+        # the port's CLOSED is recorded before the server logs the connection closed
+        log = LineReader(proc.stderr)
+        with trio.fail_after(10):
+            while b"(org.trivmc.echo.0): closed" not in await log.readline():
+                pass
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+    show = await trio.run_process(
+        [sys.executable, "-m", "trivmc", "replay", "--show", str(rec)], capture_stdout=True
+    )
+    lines = show.stdout.decode().splitlines()
+    assert lines[0] == "trivmc recording, format version 2, port:0 (org.trivmc.echo.0)"
+    assert "c->d event OPENED" in lines[1]
+    assert "c->d data        5 B  68 65 6c 6c 6f  |hello|" in show.stdout.decode()
+    assert "d->c data      256 B  00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f..." in (
+        show.stdout.decode()
+    )
+    assert "c->d event CLOSED" in lines[-4]
+    total = sum(map(len, messages))
+    assert lines[-3].startswith("client->device: ")
+    assert lines[-3].endswith(f"records, {total} data bytes, 2 events")
+    assert lines[-2].startswith("device->client: ")
+    assert lines[-2].endswith(f"records, {total} data bytes, 0 events")
+
+    sent = tmp_path / "sent.bin"
+    fast = ["--to", f"file:{sent}", "--timing", "fast"]
+    replay = await trio.run_process(
+        [sys.executable, "-m", "trivmc", "replay", str(rec), *fast], capture_stdout=True
+    )
+    assert sent.read_bytes() == b"".join(messages)
+    assert f"{total} bytes and 2 events to file:{sent}" in replay.stdout.decode()

@@ -15,6 +15,9 @@ Scenarios:
   auth URI                       link main only; report whether it linked or which
                                  error event it saw (use --password).
   usbredir URI                   link main + usbredir 0; report channel state and caps.
+  names URI                      link main; once the first channel list arrived (MAIN_NAME
+                                 and MAIN_UUID come before it), report the session's
+                                 "name" and "uuid" properties.
   usbredir-cd URI ISO            redirect an emulated USB CD built from ISO; print a
                                  JSON line "connected" then wait for a "disconnect" line
                                  on stdin, disconnect, print "disconnected", exit.
@@ -41,6 +44,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from typing import Any
 
 import gi
@@ -202,6 +206,32 @@ def scenario_auth(args: argparse.Namespace) -> int:
             GObject.Object.connect(ch, "channel-event", on_ev)
 
     GObject.Object.connect(r.session, "channel-new", on_channel_new)
+    return r.run()
+
+
+def scenario_names(args: argparse.Namespace) -> int:
+    r = Runner(args.uri, args.password, args.timeout, args.ca_file, usbredir=False)
+    r.result["notified"] = []
+
+    def report() -> bool:
+        name = r.session.get_property("name")
+        r.result["name"] = None if name is None else str(name)
+        # "uuid" is a pointer to the session's 16 bytes (zero until MAIN_UUID)
+        raw = ctypes.string_at(int(r.session.get_property("uuid")), 16)
+        r.result["uuid"] = str(uuid.UUID(bytes=raw))
+        r.finish()
+        return False
+
+    def on_channel_new(_s: Any, ch: Any) -> None:
+        if not isinstance(ch, SpiceClientGLib.MainChannel) and "name" not in r.result:
+            GLib.idle_add(report)  # a VMC channel: the CHANNELS_LIST was handled
+
+    def on_notify(_s: Any, pspec: Any) -> None:
+        r.result["notified"].append(pspec.name)
+
+    GObject.Object.connect(r.session, "channel-new", on_channel_new)
+    GObject.Object.connect(r.session, "notify::name", on_notify)
+    GObject.Object.connect(r.session, "notify::uuid", on_notify)
     return r.run()
 
 
@@ -453,6 +483,8 @@ def main() -> int:
         s = sub.add_parser(name)
         s.add_argument("uri")
         s.add_argument("iso")
+    s = sub.add_parser("names")
+    s.add_argument("uri")
     args = p.parse_args()
     if args.scenario == "port-echo":
         return scenario_port_echo(args, second=False)
@@ -464,6 +496,8 @@ def main() -> int:
         return scenario_usbredir(args)
     if args.scenario == "usbredir-replug":
         return scenario_usbredir_replug(args)
+    if args.scenario == "names":
+        return scenario_names(args)
     return scenario_usbredir_cd(args)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from uuid import UUID
 
 from .tools import run_gtk, trivmc_serve
 
@@ -55,3 +56,18 @@ async def test_port_echo_over_unix_socket(tmp_path: Path) -> None:
         assert uri == f"spice+unix://{path}"
         r = await run_gtk("port-echo", f"spice+unix://{path}", ECHO, str(1024 * 1024))
     assert r["recv_sha256"] == r["sent_sha256"]
+
+
+async def test_spice_gtk_reads_the_name_and_uuid() -> None:
+    vm_uuid = "6f1e2d3c-4b5a-4978-8695-a4b3c2d1e0f9"
+    name = "trivmc vm ü"
+    async with trivmc_serve("--disable-ticketing", "--name", name, "--uuid", vm_uuid) as uri:
+        named = await run_gtk("names", uri)
+    async with trivmc_serve("--disable-ticketing") as uri:
+        bare = await run_gtk("names", uri)
+    assert named.get("timeout") is None, named
+    assert (named["name"], named["uuid"]) == (name, vm_uuid)
+    assert "name" in named["notified"]  # set by MAIN_NAME
+    # without --name/--uuid nothing is sent: the session keeps its defaults
+    assert (bare["name"], bare["uuid"]) == (None, str(UUID(int=0)))
+    assert "name" not in bare["notified"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import pytest
 
 from trivmc.protocol import (
@@ -10,12 +12,15 @@ from trivmc.protocol import (
     CompressionType,
     Disconnecting,
     MainAttachChannels,
+    MainCap,
     MainChannelsList,
     MainInit,
     MainMouseMode,
     MainMouseModeRequest,
     MainName,
     MainUuid,
+    MessageEncoder,
+    MsgMain,
     Notify,
     Ping,
     Pong,
@@ -29,6 +34,8 @@ from trivmc.protocol import (
     VmcMigrateDataHeader,
     WaitForChannel,
     WaitForChannels,
+    caps_to_words,
+    name_and_uuid,
 )
 
 SAMPLES = [
@@ -94,3 +101,31 @@ def test_migrate_data_bad_magic() -> None:
 def test_port_init_name_out_of_bounds() -> None:
     with pytest.raises(TruncatedMessage):
         PortInit.decode(bytes.fromhex("ff000000090000000161"))
+
+
+def test_name_and_uuid_only_to_a_client_with_the_cap() -> None:
+    vm = UUID("12345678-9abc-def0-1234-56789abcdef0")
+    with_cap = caps_to_words([MainCap.SEMI_SEAMLESS_MIGRATE, MainCap.NAME_AND_UUID])
+    msgs = name_and_uuid(with_cap, "vm-é", vm)
+    assert msgs == [
+        (MsgMain.NAME, b"\x06\x00\x00\x00vm-\xc3\xa9\x00"),  # u32 length with the NUL
+        (MsgMain.UUID, bytes.fromhex("123456789abcdef0123456789abcdef0")),  # RFC 4122 order
+    ]
+    enc = MessageEncoder(mini_header=True)
+    assert enc.encode(*msgs[1]) == bytes.fromhex("720010000000") + vm.bytes
+    assert MainName.decode(msgs[0][1]).text == "vm-é"
+    assert MainUuid.decode(msgs[1][1]).as_uuid() == vm
+    assert MainUuid.of(vm) == MainUuid(vm.bytes)
+    assert name_and_uuid(with_cap, None, vm) == msgs[1:]  # each only when set
+    assert name_and_uuid(with_cap, "vm-é", None) == msgs[:1]
+    assert name_and_uuid(with_cap, None, None) == []
+    without = caps_to_words([MainCap.SEMI_SEAMLESS_MIGRATE, MainCap.SEAMLESS_MIGRATE])
+    assert name_and_uuid(without, "vm", vm) == []
+    assert name_and_uuid([], "vm", vm) == []
+
+
+def test_main_name_text_stops_at_a_nul_and_replaces_bad_utf8() -> None:
+    assert MainName(b"a\0b").text == "a"
+    assert MainName(b"\xffok").text == "\ufffdok"
+    with pytest.raises(TruncatedMessage):
+        MainName.decode(b"\x00\x00\x00\x00")  # a length of 0 has no room for the NUL

@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from trivmc.backends import EchoBackend
+from trivmc.backends import EchoBackend, NullBackend
 from trivmc.client import connect
 from trivmc.protocol import (
     Ack,
@@ -170,3 +170,24 @@ async def test_messages_written_at_once_keep_their_order_when_the_kernel_takes_p
         assert (msg.type, bytes(msg.body)) == (102, b"after")
         nursery.cancel_scope.cancel()
     await peer.aclose()
+
+
+def test_find_channel() -> None:
+    server = Server(ServerConfig())
+    qmp = server.add_port("org.qemu.monitor.qmp.0", NullBackend())
+    odd = server.add_port("usbredir:1", NullBackend())  # a port's name wins
+    u0 = server.add_usbredir(NullBackend())
+    u1 = server.add_usbredir(NullBackend())
+    dav = server.add_webdav(NullBackend())
+    assert server.find_channel("org.qemu.monitor.qmp.0") is qmp
+    assert server.find_channel("port:0") is qmp
+    assert server.find_channel("usbredir") is u0
+    assert server.find_channel("usbredir:0") is u0
+    assert server.find_channel("usbredir:1") is odd
+    assert server.find_channel("webdav") is dav
+    assert u1.channel_id == 1
+    for missing in ("org.nope.0", "usbredir:7", "port:x", "display:0", "webdav:0"):
+        with pytest.raises(LookupError) as e:
+            server.find_channel(missing)
+        assert f"no hosted channel {missing!r}" in str(e.value)
+        assert "hosted: port:0 (org.qemu.monitor.qmp.0), port:1 (usbredir:1)" in str(e.value)

@@ -195,6 +195,12 @@ class StreamBackend:
         self.dropped += dropped
         return dropped
 
+    async def wait_out_drained(self) -> None:
+        """Return once every byte taken for the peer was sent to it (or there is no
+        peer any more: then they are dropped)."""
+        while (self._out or self._sending) and self.peer is not None:
+            await self._out_drained.wait()
+
     async def end_session(self, deadline: float) -> int:
         """The client left and the device handed over all it sent: a per-session peer
         gets until `deadline` (trio time) to take the rest, then it is closed; return
@@ -202,8 +208,7 @@ class StreamBackend:
         if not self.per_session:
             return 0
         with trio.move_on_at(deadline):
-            while (self._out or self._sending) and self.peer is not None:
-                await self._out_drained.wait()
+            await self.wait_out_drained()
         self.peer = None  # from now on nothing more is taken for it
         before = self.dropped
         if self._bridge_scope is not None:

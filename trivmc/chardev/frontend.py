@@ -11,6 +11,10 @@ port (webdav is a port too), PORT_EVENT OPENED/CLOSED to the client
 (spice_port_set_fe_open); for usbredir's spicevmc, the channel is registered or
 unregistered (spice_vmc_set_fe_open): `on_fe_open` tells the channel, which offers
 itself to clients only while open.
+
+With a `recorder` (record.py) set, everything crossing the frontend is recorded: what
+the backend is given (client -> device data and events) and what it hands over for the
+attached client (device -> client data and port events).
 """
 
 from __future__ import annotations
@@ -18,11 +22,15 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from .device import CharDevice
-from .interface import CharBackend, ChrEvent, DeviceData, DeviceSubtype
+from .interface import CharBackend, ChrEvent, DeviceData, DeviceSubtype, Direction
+
+if TYPE_CHECKING:
+    from .record import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,7 @@ PORT_EVENT_OPENED = 0
 PORT_EVENT_CLOSED = 1
 PORT_EVENT_BREAK = 2
 PENDING_LIMIT = 256 * 1024
+_TO_DEVICE, _TO_CLIENT = Direction.TO_DEVICE, Direction.TO_CLIENT
 
 
 def owned(data: bytes | bytearray | memoryview) -> DeviceData:
@@ -80,6 +89,7 @@ class SpiceChardev:
         self._connected_changed = trio.Event()
         self.on_port_event: Callable[[int], None] | None = None  # port: to the client
         self.on_fe_open: Callable[[bool], None] | None = None  # spicevmc: (un)register
+        self.recorder: Recorder | None = None  # records both directions (record.py)
 
     # ---- DeviceInstance (called by the CharDevice) ---------------------------
 
@@ -87,12 +97,17 @@ class SpiceChardev:
         """vmc_write: hand the backend as much as `can_read()` allows."""
         total = len(data)
         room = self.backend.can_read()
+        rec = self.recorder
         if room >= total:  # the usual case: all of it at once, no slicing
+            if rec is not None:
+                rec.data(_TO_DEVICE, data)
             self.backend.read(data)
             return total
         done = 0
         while done < total and room > 0:
             chunk = data[done : done + room]
+            if rec is not None:
+                rec.data(_TO_DEVICE, chunk)
             self.backend.read(chunk)
             done += len(chunk)
             room = self.backend.can_read()
@@ -150,12 +165,17 @@ class SpiceChardev:
             self._drained = trio.Event()
         self._connected_changed.set()
         self._connected_changed = trio.Event()
-        self.backend.event(ChrEvent.OPENED if connected else ChrEvent.CLOSED)
+        self._backend_event(ChrEvent.OPENED if connected else ChrEvent.CLOSED)
+
+    def _backend_event(self, event: ChrEvent) -> None:
+        if self.recorder is not None:
+            self.recorder.event(_TO_DEVICE, event)
+        self.backend.event(event)
 
     def event(self, event: int) -> None:
         """vmc_event / port event from the client: BREAK reaches the backend."""
         if event == PORT_EVENT_BREAK:
-            self.backend.event(ChrEvent.BREAK)
+            self._backend_event(ChrEvent.BREAK)
 
     # ---- the backend side ------------------------------------------------------
 
@@ -170,6 +190,8 @@ class SpiceChardev:
         if self._pending_size >= PENDING_LIMIT:
             self.blocked = True
             return 0
+        if self.recorder is not None:
+            self.recorder.data(_TO_CLIENT, data)
         self._pending.append(owned(data))
         self._pending_size += len(data)
         if self.device is not None:
@@ -212,5 +234,9 @@ class SpiceChardev:
         ValueError for a value that is not a byte, client or not."""
         if not 0 <= event <= 255:
             raise ValueError(f"a port event is one byte (0-255), not {event}")
-        if self.subtype is not DeviceSubtype.USBREDIR and self.on_port_event is not None:
+        if self.subtype is DeviceSubtype.USBREDIR:
+            return
+        if self.recorder is not None and self.connected:
+            self.recorder.event(_TO_CLIENT, event)
+        if self.on_port_event is not None:
             self.on_port_event(event)

@@ -22,6 +22,13 @@ class ChrEvent(enum.IntEnum):
     BREAK = 2
 
 
+class Direction(enum.IntEnum):
+    """Which way bytes cross a frontend (in a recording: record.py)."""
+
+    TO_DEVICE = 0  # client -> device: what the backend is given
+    TO_CLIENT = 1  # device -> client: what the backend hands over for the client
+
+
 DeviceData = bytes | memoryview
 """Bytes from a device on their way to a client: `bytes`, or a read-only view of
 `bytes` (immutable either way, so they are queued and sent without a copy)."""

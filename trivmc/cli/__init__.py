@@ -1,4 +1,4 @@
-"""The `trivmc` command: `trivmc serve ...` and `trivmc connect ...`.
+"""The `trivmc` command: `trivmc serve ...`, `trivmc connect ...`, `trivmc replay ...`.
 
 Each subcommand lives in its own module and registers itself with `add_parser(sub)`;
 `main()` dispatches to the chosen subcommand's `run(args) -> int`.
@@ -12,7 +12,7 @@ import importlib.metadata
 import sys
 from collections.abc import Sequence
 
-SUBCOMMANDS = ("serve", "connect", "ctl", "status")
+SUBCOMMANDS = ("serve", "connect", "ctl", "status", "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:

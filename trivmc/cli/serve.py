@@ -7,6 +7,7 @@ import logging
 import ssl
 import sys
 import tomllib
+import uuid
 from typing import Any
 
 import trio
@@ -18,6 +19,7 @@ from ..server.config import DEFAULT_PORT, parse_channel_names
 from ..server.server import format_address, leaf_exceptions
 from ..transport import server_tls_context
 from . import version
+from .replay import close_recordings, start_recordings
 
 log = logging.getLogger("trivmc.serve")
 
@@ -44,10 +46,15 @@ examples:
   trivmc serve --multi-session --port org.example.shell.0=exec:/bin/sh
       a shell per client on a port channel, several clients at once
   trivmc serve --webdav file:/tmp/webdav.log --port org.example.log.0=file:/tmp/port.log
+  trivmc serve --name vm1 --uuid 8e9f0c3a-0b1d-4c2e-9f3a-1b2c3d4e5f60
+      the guest's name and UUID, sent to clients (remote-viewer shows the name)
+  trivmc serve --record org.trivmc.echo.0=echo.rec
+      record both directions of a channel (a port name, usbredir:N or webdav), with
+      timestamps; then `trivmc replay --show echo.rec`, `trivmc replay echo.rec --to ...`
   trivmc serve --config trivmc.toml --stats 10
       settings from TOML (the same names: listen, unix, password, disable_ticketing,
-      multi_session, usbredir = [...], port = {NAME = BACKEND}, webdav, log_level, stats);
-      command-line options override it
+      multi_session, usbredir = [...], port = {NAME = BACKEND}, webdav, log_level, stats,
+      name, uuid, record = {CHANNEL = FILE}); command-line options override it
 """
 
 
@@ -85,6 +92,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--usbredir", action="append", metavar="BACKEND", default=None)
     p.add_argument("--port", action="append", metavar="NAME=BACKEND", default=None)
     p.add_argument("--webdav", metavar="BACKEND")
+    p.add_argument("--name", help="the guest's name, sent to clients (MAIN_NAME)")
+    p.add_argument("--uuid", help="the guest's UUID, sent to clients (MAIN_UUID)")
+    p.add_argument(
+        "--record",
+        action="append",
+        metavar="CHANNEL=FILE",
+        default=None,
+        help="record a channel's traffic, both directions, to FILE (trivmc replay reads"
+        " it); CHANNEL: a port name, usbredir:N or webdav",
+    )
     tls = p.add_argument_group("TLS (secure channels)")
     tls.add_argument("--tls-listen", action="append", metavar="HOST:PORT", default=None)
     tls.add_argument("--cert", metavar="FILE", help="server certificate (PEM, with its chain)")
@@ -189,6 +206,7 @@ CONFIG_KEYS = {
     "usbredir", "port", "webdav", "log_level", "stats", "tls_listen", "cert", "key",
     "ca", "secure_channels", "plaintext_channels", "no_websocket", "ping_interval",
     "ping_misses", "keepalive", "max_pending_links", "max_pending_per_source", "byte_budget",
+    "name", "uuid", "record",
 }  # fmt: skip
 
 
@@ -202,8 +220,11 @@ def load_config(path: str) -> dict[str, Any]:
     for key in ("listen", "unix", "usbredir", "tls_listen"):
         if isinstance(data.get(key), str):
             data[key] = [data[key]]
-    if isinstance(data.get("port"), dict):
-        data["port"] = [f"{k}={v}" for k, v in data["port"].items()]
+    for key in ("port", "record"):
+        if isinstance(data.get(key), dict):
+            data[key] = [f"{k}={v}" for k, v in data[key].items()]
+    if isinstance(data.get("record"), str):
+        data["record"] = [data["record"]]
     return data
 
 
@@ -239,6 +260,9 @@ def merge_config(args: argparse.Namespace) -> argparse.Namespace:
         ("max_pending_per_source", None),
         ("byte_budget", None),
         ("control", None),
+        ("name", None),
+        ("uuid", None),
+        ("record", []),
     ):
         if getattr(args, key) is None:
             setattr(args, key, conf.get(key, default))
@@ -295,6 +319,10 @@ def build_server(args: argparse.Namespace) -> Server:
     except (OSError, ssl.SSLError) as e:
         files = " and ".join(f for f in (args.cert, args.key) if f)
         raise ValueError(f"cannot load the TLS certificate/key from {files}: {e}") from e
+    try:
+        vm_uuid = None if args.uuid is None else uuid.UUID(str(args.uuid))
+    except ValueError:
+        raise ValueError(f"--uuid: not a UUID: {args.uuid!r}") from None
     secure = parse_channel_names(args.secure_channels or "")
     if secure and not tls_listen:
         raise ValueError("--secure-channels needs a TLS listener (--tls-listen)")
@@ -308,6 +336,8 @@ def build_server(args: argparse.Namespace) -> Server:
         secure_channels=secure,
         plaintext_channels=parse_channel_names(args.plaintext_channels or ""),
         websocket=not args.no_websocket,
+        name=args.name,
+        uuid=vm_uuid,
         **limits(args),
     )
     server = Server(config)
@@ -320,6 +350,7 @@ def build_server(args: argparse.Namespace) -> Server:
         server.add_port(name, parse_backend(spec)())
     if args.webdav:
         server.add_webdav(parse_backend(args.webdav)())
+    start_recordings(server, args.record)
     return server
 
 
@@ -363,6 +394,18 @@ async def serve(
     stats: float | None = None,
     started: Started | None = None,
     control: ControlAddress | None = None,
+) -> None:
+    try:
+        await _serve(server, stats, started, control)
+    finally:
+        close_recordings(server)
+
+
+async def _serve(
+    server: Server,
+    stats: float | None,
+    started: Started | None,
+    control: ControlAddress | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         addresses: list[object] = await nursery.start(server.serve)

@@ -17,6 +17,7 @@ import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
 
 import trio
 
@@ -30,6 +31,8 @@ from ..protocol import (
     MainCap,
     MainChannelsList,
     MainInit,
+    MainName,
+    MainUuid,
     Message,
     MessageDecoder,
     MessageEncoder,
@@ -288,7 +291,10 @@ class MessageConnection:
 
 
 class Session:
-    """A linked main channel and the VMC channels opened through it."""
+    """A linked main channel and the VMC channels opened through it.
+
+    `name` and `uuid` are the guest's, when the server sent them (MAIN_NAME and
+    MAIN_UUID come right after MAIN_INIT, so they are set once `connect` returns)."""
 
     def __init__(
         self,
@@ -302,6 +308,8 @@ class Session:
         self.tls = tls
         self.lz4 = lz4 and not address.is_unix
         self.session_id = 0
+        self.name: str | None = None
+        self.uuid: UUID | None = None
         self.channels: list[tuple[int, int]] = []
         self.port_names: dict[int, str] = {}
         self.main: MessageConnection | None = None
@@ -348,6 +356,10 @@ class Session:
                     self.port_names.pop(entry[1], None)
             self._channels_changed.set()
             self._channels_changed = trio.Event()
+        elif msg.type == MsgMain.NAME:
+            self.name = MainName.decode(msg.body).text
+        elif msg.type == MsgMain.UUID:
+            self.uuid = MainUuid.decode(msg.body).as_uuid()
 
     @property
     def channel_list(self) -> list[tuple[int, int]]:

@@ -94,6 +94,7 @@ from .messages import (
     VmcMigrateDataHeader,
     WaitForChannel,
     WaitForChannels,
+    name_and_uuid,
 )
 from .ticket import (
     KeyPool,
@@ -187,6 +188,7 @@ __all__ = [
     "error_reply",
     "generate_key",
     "has_cap",
+    "name_and_uuid",
     "should_compress",
     "verify_ticket",
     "vmc_payload",

@@ -7,10 +7,21 @@ trailing bytes, as spice-server does.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Self
+from uuid import UUID
 
-from .constants import CompressionType, MsgcCommon, MsgcMain, MsgCommon, MsgMain, MsgVmc
+from .constants import (
+    CompressionType,
+    MainCap,
+    MsgcCommon,
+    MsgcMain,
+    MsgCommon,
+    MsgMain,
+    MsgVmc,
+    has_cap,
+)
 from .errors import ProtocolError, TruncatedMessage
 
 Body = bytes | bytearray | memoryview
@@ -192,11 +203,19 @@ class MainMouseModeRequest(_Fixed):
 
 @dataclass(frozen=True, slots=True)
 class MainUuid(_Fixed):
-    """MAIN_UUID: 16 bytes."""
+    """MAIN_UUID: the 16 bytes of the UUID in RFC 4122 (big-endian) order, as QEMU
+    hands them to spice-server and spice-gtk prints them."""
 
     TYPE: ClassVar[int] = MsgMain.UUID
     _S: ClassVar[struct.Struct] = struct.Struct("<16s")
     uuid: bytes
+
+    @classmethod
+    def of(cls, value: UUID) -> Self:
+        return cls(value.bytes)
+
+    def as_uuid(self) -> UUID:
+        return UUID(bytes=self.uuid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +266,27 @@ class MainName:
         if n < 1 or len(body) < 4 + n:
             raise TruncatedMessage(f"NAME: name of {n} bytes truncated")
         return cls(bytes(body[4 : 4 + n - 1]))
+
+    @property
+    def text(self) -> str:
+        """The name as text (UTF-8; undecodable bytes replaced), up to a first NUL."""
+        return self.name.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def name_and_uuid(
+    client_caps: Sequence[int], name: str | None, uuid: UUID | None
+) -> list[tuple[int, bytes]]:
+    """What spice-server sends right after MAIN_INIT, as (type, body): MAIN_NAME and
+    MAIN_UUID, only to a client whose main channel caps have NAME_AND_UUID, each only
+    when it is set. `client_caps` are the capability words of the client's link."""
+    if not has_cap(client_caps, MainCap.NAME_AND_UUID):
+        return []
+    out: list[tuple[int, bytes]] = []
+    if name is not None:
+        out.append((MsgMain.NAME, MainName(name.encode()).encode()))
+    if uuid is not None:
+        out.append((MsgMain.UUID, MainUuid.of(uuid).encode()))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from ..protocol import ChannelType, LinkError
 
@@ -36,6 +37,10 @@ class ServerConfig:
     `tcp_keepalive` idle seconds (None: off), and with `ping_interval` a client that
     answers none of `ping_misses` PINGs in a row is disconnected. Freed heap memory is
     given back to the system every `heap_trim_interval` seconds (`heap.py` says why).
+
+    `name` and `uuid` (the guest's, as QEMU's -name and -uuid) go to every client whose
+    main channel has the NAME_AND_UUID capability, right after MAIN_INIT (MAIN_NAME,
+    MAIN_UUID), each only when set, as spice-server does.
     """
 
     listen: list[tuple[str, int]] = field(default_factory=list)
@@ -64,8 +69,14 @@ class ServerConfig:
     secure_channels: frozenset[ChannelType] = frozenset()
     plaintext_channels: frozenset[ChannelType] = frozenset()
     websocket: bool = True
+    name: str | None = None
+    uuid: UUID | None = None
 
     def __post_init__(self) -> None:
+        if self.name is not None and (not isinstance(self.name, str) or "\0" in self.name):
+            raise ValueError(f"name must be text without a NUL character, got {self.name!r}")
+        if self.uuid is not None and not isinstance(self.uuid, UUID):
+            raise ValueError(f"uuid must be a uuid.UUID, got {self.uuid!r}")
         for name in ("max_pending_links", "max_pending_per_source", "ping_misses"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")

@@ -1,15 +1,17 @@
-"""The main channel client: MAIN_INIT, then CHANNELS_LIST on ATTACH_CHANNELS, and a
-CHANNELS_LIST of each channel that appears later (spice-server's registered-new-channel)."""
+"""The main channel client: MAIN_INIT (then MAIN_NAME and MAIN_UUID when set and the
+client has NAME_AND_UUID), then CHANNELS_LIST on ATTACH_CHANNELS, and a CHANNELS_LIST
+of each channel that appears later (spice-server's registered-new-channel)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from uuid import UUID
 
 import trio
 
-from ..protocol import MainChannelsList, MainInit, MsgcMain, MsgMain
+from ..protocol import MainChannelsList, MainInit, MsgcMain, MsgMain, name_and_uuid
 from ..protocol.messages import Body
 from .channel import ChannelClient, ChannelOptions, UnknownMessage
 
@@ -20,8 +22,9 @@ IGNORED = frozenset(m for m in MsgcMain if m is not MsgcMain.ATTACH_CHANNELS)
 
 
 class MainChannelClient(ChannelClient):
-    """Sends MAIN_INIT with the session id; answers ATTACH_CHANNELS with every hosted
-    channel. Never claims an agent."""
+    """Sends MAIN_INIT with the session id, then the guest's name and UUID to a client
+    that has NAME_AND_UUID (`client_caps`: its main channel capability words); answers
+    ATTACH_CHANNELS with every hosted channel. Never claims an agent."""
 
     def __init__(
         self,
@@ -31,9 +34,15 @@ class MainChannelClient(ChannelClient):
         session_id: int,
         channels: Callable[[], list[tuple[int, int]]],
         offered: Callable[[tuple[int, int]], bool] = lambda _key: True,
+        client_caps: Sequence[int] = (),
+        name: str | None = None,
+        uuid: UUID | None = None,
     ) -> None:
         super().__init__(stream, opts)
         self.session_id = session_id
+        self.client_caps = tuple(client_caps)
+        self.vm_name = name
+        self.vm_uuid = uuid
         self._channels = channels
         self._offered = offered
         self.attached = False
@@ -41,6 +50,8 @@ class MainChannelClient(ChannelClient):
     async def on_start(self) -> None:
         mm_time = (time.monotonic_ns() // 1_000_000) & 0xFFFFFFFF
         self.send(MsgMain.INIT, MainInit(self.session_id, multi_media_time=mm_time).encode())
+        for mtype, body in name_and_uuid(self.client_caps, self.vm_name, self.vm_uuid):
+            self.send(mtype, body)
 
     async def handle_message(self, mtype: int, body: Body) -> None:
         if mtype == MsgcMain.ATTACH_CHANNELS:

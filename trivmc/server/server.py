@@ -199,6 +199,26 @@ class Server:
             VmcChannel(ChannelType.WEBDAV, 0, backend, byte_budget=self.config.vmc_byte_budget)
         )
 
+    def find_channel(self, name: str) -> VmcChannel:
+        """The hosted channel `name` names: a port's name (`org.qemu.monitor.qmp.0`;
+        it wins), `usbredir:N` (`usbredir` is `usbredir:0`), `webdav`, or `port:N`.
+        LookupError, naming what is hosted, when there is none."""
+        kind, sep, cid = name.partition(":")
+        types = {"usbredir": ChannelType.USBREDIR, "port": ChannelType.PORT}
+        if name == "webdav":
+            key: tuple[int, int] | None = (ChannelType.WEBDAV, 0)
+        elif kind in types and (cid.isdigit() or not sep):
+            key = (types[kind], int(cid or 0))
+        else:
+            key = None
+        for ch in self.channels.values():
+            if ch.channel_type == ChannelType.PORT and ch.chardev.port_name == name:
+                return ch
+        if key is not None and key in self.channels:
+            return self.channels[key]
+        hosted = ", ".join(ch.label for ch in self.channels.values()) or "none"
+        raise LookupError(f"no hosted channel {name!r} (hosted: {hosted})")
+
     def channel_list(self) -> list[tuple[int, int]]:
         """The channels offered now (a usbredir channel whose guest side is closed is
         not)."""
@@ -595,6 +615,9 @@ class Server:
             session_id=session.connection_id,
             channels=lambda: [key for key in self.channel_list() if offered(key)],
             offered=offered,
+            client_caps=linked.mess.channel_caps,
+            name=self.config.name,
+            uuid=self.config.uuid,
         )
         conn.peer += f" (session {session.connection_id:#010x})"
         log.info("%s: linked", conn.peer)
