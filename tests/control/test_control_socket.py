@@ -302,3 +302,20 @@ async def test_trivmc_ctl_and_status_commands(tmp_path: Path) -> None:
         check=False,
     )
     assert gone.returncode == 2 and b"cannot use the control socket" in gone.stderr
+
+
+async def test_qmp_shell_drives_the_control_socket(tmp_path: Path) -> None:
+    """qemu.qmp's own qmp-shell, unchanged, with commands on its stdin."""
+    async with controlled(tmp_path) as (server, _uri, path):
+        commands = b"query-spice\nadd-channel type=port name=org.shell.0 backend=echo\n"
+        done = await trio.run_process(
+            [sys.executable, "-m", "qemu.qmp.qmp_shell", path],
+            stdin=commands,
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+        out = done.stdout.decode()
+        replies = [json.loads(ln.split(") ", 1)[1]) for ln in out.splitlines() if ') {"' in ln]
+        assert replies[0]["return"]["enabled"] is True, out
+        assert replies[1]["return"]["label"] == "port:1 (org.shell.0)", out
+        assert (int(ChannelType.PORT), 1) in server.channels
