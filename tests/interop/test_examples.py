@@ -42,8 +42,11 @@ async def test_qmp_port_example() -> None:
 
 
 async def test_usbredir_gateway_example_lists_channels() -> None:
+    """Two QEMU usb-redir sockets: each channel is offered once its QEMU side said its
+    hello, and that hello is the first thing the client of the channel reads."""
     a, b = listening_socket(), listening_socket()
-    b.settimeout(10)  # bounds the accept below
+    a.settimeout(10)  # bounds the accepts below
+    b.settimeout(10)
     targets = [f"127.0.0.1:{s.getsockname()[1]}" for s in (a, b)]
     cmd = [
         sys.executable,
@@ -52,14 +55,19 @@ async def test_usbredir_gateway_example_lists_channels() -> None:
         "--listen",
         "127.0.0.1:0",
     ]
-    async with announcing_process(cmd) as uri, connect(uri) as session:
-        with trio.fail_after(10):  # offered once the gateway reached each QEMU side
+    async with announcing_process(cmd) as uri, connect(uri, lz4=False) as session:
+        conns = []
+        for sock, hello in ((a, b"hello from A"), (b, b"hello from B")):
+            conn, _ = await trio.to_thread.run_sync(sock.accept)  # the gateway connects
+            conn.sendall(hello)  # and QEMU speaks first
+            conns.append(conn)
+        with trio.fail_after(10):  # offered (announced) once each QEMU side spoke
             await session.wait_channel(9, 0)
             await session.wait_channel(9, 1)
-        await session.open_usbredir(1)
-        # the gateway keeps a connection to each target (a standing usbredir backend)
+        redir = await session.open_usbredir(1)
         with trio.fail_after(10):
-            conn, _ = await trio.to_thread.run_sync(b.accept)
-        conn.close()
+            assert await redir.receive_some() == b"hello from B"
+        for conn in conns:
+            conn.close()
     a.close()
     b.close()
