@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import signal
 import ssl
 import sys
 import tomllib
@@ -14,9 +16,11 @@ import trio
 
 from ..backends import BackendSpecError, parse_backend
 from ..control import ControlAddress, ControlServer, parse_control_address
+from ..control.listener import inherited_control_address
 from ..server import Server, ServerConfig
 from ..server.config import DEFAULT_PORT, parse_channel_names
 from ..server.server import format_address, leaf_exceptions
+from ..server.systemd import ActivatedSockets, Notifier, SystemdError, listen_fds, sort_sockets
 from ..transport import server_tls_context
 from . import version
 from .replay import close_recordings, start_recordings
@@ -51,6 +55,10 @@ examples:
   trivmc serve --record org.trivmc.echo.0=echo.rec
       record both directions of a channel (a port name, usbredir:N or webdav), with
       timestamps; then `trivmc replay --show echo.rec`, `trivmc replay echo.rec --to ...`
+  systemctl start trivmc.socket
+      under systemd (examples/trivmc.socket, examples/trivmc.service): the sockets
+      it passes replace --listen/--unix/--tls-listen (FileDescriptorName=tls for a
+      TLS one, =control for the control socket), and READY=1 is sent once serving
   trivmc serve --config trivmc.toml --stats 10
       settings from TOML (the same names: listen, unix, password, disable_ticketing,
       multi_session, usbredir = [...], port = {NAME = BACKEND}, webdav, log_level, stats,
@@ -301,10 +309,28 @@ def limits(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def build_server(args: argparse.Namespace) -> Server:
-    """The Server the options describe (the demo when they name no channel/address)."""
+def build_server(args: argparse.Namespace, activated: ActivatedSockets | None = None) -> Server:
+    """The Server the options describe (the demo when they name no channel/address).
+    SPICE sockets passed by systemd (`activated`) replace the listen options: giving
+    both is an error."""
+    passed = activated or ActivatedSockets()
+    if passed.listeners:
+        given = [
+            option
+            for option, value in (
+                ("--listen", args.listen),
+                ("--unix", args.unix),
+                ("--tls-listen", args.tls_listen),
+            )
+            if value
+        ]
+        if given:
+            raise ValueError(
+                f"systemd passed SPICE sockets (LISTEN_FDS): they replace {', '.join(given)};"
+                " give the addresses in the socket unit or here, not both"
+            )
     listen = [parse_hostport(x) for x in args.listen]
-    if not listen and not args.unix and not args.tls_listen:
+    if not listen and not args.unix and not args.tls_listen and not passed.listeners:
         listen = [("127.0.0.1", DEFAULT_PORT)]
     ports = list(args.port)
     if not ports and not args.usbredir and not args.webdav:
@@ -312,7 +338,9 @@ def build_server(args: argparse.Namespace) -> Server:
     tls_listen = [parse_hostport(x) for x in args.tls_listen]
     if tls_listen and not args.cert:
         raise ValueError("--tls-listen needs --cert (and --key unless the key is in it)")
-    if args.cert and not tls_listen:
+    if passed.tls and not args.cert:
+        raise ValueError("a socket named tls (systemd) needs --cert (and --key unless in it)")
+    if args.cert and not tls_listen and not passed.tls:
         raise ValueError("--cert given without --tls-listen")
     try:
         tls = server_tls_context(args.cert, args.key, args.ca) if args.cert else None
@@ -324,7 +352,7 @@ def build_server(args: argparse.Namespace) -> Server:
     except ValueError:
         raise ValueError(f"--uuid: not a UUID: {args.uuid!r}") from None
     secure = parse_channel_names(args.secure_channels or "")
-    if secure and not tls_listen:
+    if secure and not tls_listen and not passed.tls:
         raise ValueError("--secure-channels needs a TLS listener (--tls-listen)")
     config = ServerConfig(
         listen=listen,
@@ -394,9 +422,22 @@ async def serve(
     stats: float | None = None,
     started: Started | None = None,
     control: ControlAddress | None = None,
+    *,
+    activated: ActivatedSockets | None = None,
+    notifier: Notifier | None = None,
 ) -> None:
+    """Serve until SIGINT or SIGTERM; `activated`: the sockets systemd passed (their
+    control socket is served at `control`); `notifier` gets READY=1 once every listener
+    serves and STOPPING=1 when a signal stops it."""
     try:
-        await _serve(server, stats, started, control)
+        await _serve(
+            server,
+            stats,
+            started or Started(),
+            control,
+            activated or ActivatedSockets(),
+            notifier or Notifier(None),
+        )
     finally:
         close_recordings(server)
 
@@ -404,19 +445,24 @@ async def serve(
 async def _serve(
     server: Server,
     stats: float | None,
-    started: Started | None,
+    started: Started,
     control: ControlAddress | None,
+    activated: ActivatedSockets,
+    notifier: Notifier,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        addresses: list[object] = await nursery.start(server.serve)
+        addresses: list[object] = await nursery.start(
+            functools.partial(server.serve, inherited=activated.listeners)
+        )
         if control is not None:
-            ctl = ControlServer(server, control, version=version())
+            ctl = ControlServer(server, control, version=version(), listener=activated.control)
             bound = await nursery.start(ctl.serve)
             print(f"trivmc: control socket {bound}", flush=True)
-        if started is not None:
-            started.yes = True
+        started.yes = True
+        await nursery.start(stop_on_signals, nursery.cancel_scope, notifier, started)
         if server.password is None and any(
-            h not in ("127.0.0.1", "::1", "localhost") for h, _ in server.config.listen
+            isinstance(a, tuple) and a[0] not in ("127.0.0.1", "::1", "localhost")
+            for a in [*addresses, *server.tls_addresses]
         ):
             log.warning("ticketing is disabled on a non-loopback address: anyone can connect")
         if stats:
@@ -432,11 +478,56 @@ async def _serve(
             print(f"try: remote-viewer {uri_for(addresses[0], tls_first)}", flush=True)
         elif tls_first is not None:
             print(f"try: remote-viewer {uri_for(None, tls_first)}", flush=True)
+        notifier.notify("READY=1", f"STATUS={status_line(server)}")
+
+
+def status_line(server: Server) -> str:
+    """What systemd shows as the service's status once it serves."""
+    where = [format_address(a) for a in server.addresses]
+    where += [f"{format_address(a)} (TLS)" for a in server.tls_addresses]
+    return f"serving {', '.join(where)}; {len(server.channels)} channels"
+
+
+async def stop_on_signals(
+    scope: trio.CancelScope,
+    notifier: Notifier,
+    started: Started,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """From its start on, the first SIGINT or SIGTERM sends STOPPING=1 and stops
+    serving (cancels `scope`): listeners and the control socket close, recordings are
+    completed. A second signal is not caught here (SIGINT: KeyboardInterrupt)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            log.info("stopping (%s)", name)
+            started.stopped_by = name
+            notifier.notify("STOPPING=1", f"STATUS=stopping ({name})")
+            scope.cancel()
+            return
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 when stopped (Ctrl-C), 2 for a setting or address that cannot work (one
-    line on stderr, nothing served), 1 when a listener fails while serving."""
+    """0 when stopped (Ctrl-C, SIGTERM), 2 for a setting or address that cannot work
+    (one line on stderr, nothing served), 1 when a listener fails while serving.
+
+    Under systemd the passed sockets (LISTEN_FDS) and NOTIFY_SOCKET are taken first and
+    removed from the environment, so that no child (exec: backends) inherits them."""
+    notifier = Notifier.from_environment()
+    try:
+        activated = sort_sockets(listen_fds())
+    except SystemdError as e:
+        print(f"trivmc serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args, activated, notifier)
+    finally:
+        activated.close()  # those the server did not take (it closes its own)
+
+
+def _run(args: argparse.Namespace, activated: ActivatedSockets, notifier: Notifier) -> int:
     try:
         args = merge_config(args)
     except (OSError, ValueError, argparse.ArgumentTypeError, tomllib.TOMLDecodeError) as e:
@@ -448,14 +539,31 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        server = build_server(args)
+        server = build_server(args, activated)
         control = parse_control_address(args.control) if args.control else None
+        if activated.control is not None:
+            if control is not None:
+                raise ValueError(
+                    "systemd passed a socket named control: it replaces --control;"
+                    " give the control address in the socket unit or here, not both"
+                )
+            control = inherited_control_address(activated.control)
     except (ValueError, BackendSpecError) as e:
         print(f"trivmc serve: {e}", file=sys.stderr)
         return 2
     started = Started()
     try:
-        trio.run(serve, server, args.stats, started, control)
+        trio.run(
+            functools.partial(
+                serve,
+                server,
+                args.stats,
+                started,
+                control,
+                activated=activated,
+                notifier=notifier,
+            )
+        )
     except BaseException as e:
         leaves = leaf_exceptions(e)
         if all(isinstance(x, KeyboardInterrupt) for x in leaves):
@@ -465,10 +573,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"trivmc serve: {'; '.join(map(str, leaves))}", file=sys.stderr)
             return 1 if started.yes else 2
         raise
+    if started.stopped_by is not None:
+        print("trivmc: stopped", file=sys.stderr)
     return 0
 
 
 class Started:
-    """Set once every listener is bound (an error before that is a setting's)."""
+    """`yes` once every listener is bound (an error before that is a setting's);
+    `stopped_by`: the signal that stopped serving."""
 
     yes = False
+    stopped_by: str | None = None

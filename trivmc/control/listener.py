@@ -66,6 +66,20 @@ def parse_control_address(text: str) -> ControlAddress:
     raise ValueError(f"expected unix:PATH or tcp:127.0.0.1:PORT, got {text!r}")
 
 
+def inherited_control_address(sock: socket.socket) -> ControlAddress:
+    """The address of a control socket passed already listening (systemd socket
+    activation); ValueError, as `parse_control_address`, unless it is a unix socket or
+    a loopback TCP one."""
+    addr = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        path = "@" + os.fsdecode(addr[1:]) if isinstance(addr, bytes) else str(addr)
+        return ControlAddress(path=path)
+    host, port = addr[0], addr[1]
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"the control socket listens on loopback only, not {host!r}")
+    return ControlAddress(host=host, port=port)
+
+
 def version_tuple(text: str) -> tuple[int, int, int]:
     parts = [int(p) if p.isdigit() else 0 for p in text.split(".")[:3]]
     parts += [0] * (3 - len(parts))
@@ -73,14 +87,17 @@ def version_tuple(text: str) -> tuple[int, int, int]:
 
 
 class ControlServer:
-    """Serves the control socket of `server` at `address`."""
+    """Serves the control socket of `server` at `address`. With `listener` (a socket
+    already listening at `address`: systemd socket activation, see
+    `inherited_control_address`) it serves that one, and never binds or unlinks."""
 
     def __init__(
         self, server: Server, address: ControlAddress, *, version: str = "0.0.0",
-        max_events: int = MAX_EVENTS,
+        max_events: int = MAX_EVENTS, listener: socket.socket | None = None,
     ) -> None:  # fmt: skip
         self.server = server
         self.address = address
+        self.listener = listener
         self.commands = Commands(server, version_tuple(version), version)
         self.max_events = max_events
         self.connections = 0
@@ -97,11 +114,13 @@ class ControlServer:
                 log.info("control socket on %s", self.bound)
                 task_status.started(self.bound)
         finally:
-            if self.address.path is not None:
+            if self.address.path is not None and self.listener is None:
                 with contextlib.suppress(OSError):
                     os.unlink(self.address.path)
 
     async def _listen(self) -> list[trio.SocketListener]:
+        if self.listener is not None:  # the service manager's: it keeps the path
+            return [trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))]
         if self.address.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address.path)

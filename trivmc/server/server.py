@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,10 +258,18 @@ class Server:
 
     # ---- serving ---------------------------------------------------------------
 
-    async def _listeners(self) -> list[tuple[trio.socket.SocketType, object, bool]]:
-        """(listening socket, bound address, is TLS) for every configured address."""
+    async def _listeners(
+        self, inherited: Sequence[tuple[socket.socket, bool]] = ()
+    ) -> list[tuple[trio.socket.SocketType, object, bool]]:
+        """(listening socket, bound address, is TLS) for every inherited socket, then
+        every configured address; the inherited ones are closed if this fails."""
         out: list[tuple[trio.socket.SocketType, object, bool]] = []
         try:
+            for std, secure in inherited:
+                if secure and self.config.tls is None:
+                    raise ValueError("a TLS listener needs a TLS context (certificate and key)")
+                sock = trio.socket.from_stdlib_socket(std)
+                out.append((sock, local_address(sock), secure))
             for addresses, secure in (
                 (self.config.listen, False),
                 (self.config.tls_listen, True),
@@ -276,22 +284,30 @@ class Server:
         except BaseException:
             for sock, _, _ in out:
                 sock.close()
+            for std, _ in inherited:
+                std.close()
             raise
         return out
 
     async def serve(
-        self, *, task_status: trio.TaskStatus[list[object]] = trio.TASK_STATUS_IGNORED
+        self,
+        *,
+        inherited: Sequence[tuple[socket.socket, bool]] = (),
+        task_status: trio.TaskStatus[list[object]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen and serve until cancelled; every task started here ends with it.
 
         Only cancellation or a failing listener ends it: a connection's failure ends
         that connection, and a channel whose backend fails is restarted.
+        `inherited`: sockets already bound and listening (systemd socket activation,
+        `systemd.py`), each with whether it is TLS, served besides the configured
+        addresses; they are the server's from the call on (closed when it ends).
         The start value lists the plain addresses ((host, port) tuples and unix paths);
         the TLS ones are in `tls_addresses`.
         """
         if self.config.raise_fd_limit:
             raise_fd_limit()
-        listeners = await self._listeners()
+        listeners = await self._listeners(inherited)
         if not listeners:
             raise ValueError("nothing to listen on: give listen, tls_listen or unix addresses")
         self.tls_addresses = [addr for _, addr, secure in listeners if secure]
@@ -733,6 +749,15 @@ async def listen_unix(path: str) -> trio.socket.SocketType:
         sock.close()
         raise ListenError(e.errno, f"cannot listen on {path}: {e.strerror or e}") from e
     return sock
+
+
+def local_address(sock: trio.socket.SocketType) -> object:
+    """A listening socket's address as `_listeners` gives it: (host, port), a unix
+    path, or @NAME for an abstract unix socket."""
+    addr = sock.getsockname()
+    if isinstance(addr, bytes):
+        return "@" + os.fsdecode(addr[1:])
+    return addr[:2] if isinstance(addr, tuple) else addr
 
 
 def format_address(addr: object) -> str:
