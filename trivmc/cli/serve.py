@@ -451,12 +451,14 @@ async def _serve(
     notifier: Notifier,
 ) -> None:
     async with trio.open_nursery() as nursery:
+        bound = None
+        if control is not None:  # first: an address it cannot use is a setting's error
+            ctl = ControlServer(server, control, version=version(), listener=activated.control)
+            bound = await nursery.start(ctl.serve)
         addresses: list[object] = await nursery.start(
             functools.partial(server.serve, inherited=activated.listeners)
         )
-        if control is not None:
-            ctl = ControlServer(server, control, version=version(), listener=activated.control)
-            bound = await nursery.start(ctl.serve)
+        if bound is not None:
             print(f"trivmc: control socket {bound}", flush=True)
         started.yes = True
         await nursery.start(stop_on_signals, nursery.cancel_scope, notifier, started)

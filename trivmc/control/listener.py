@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from ..server import Server
+from ..server.server import ListenError
 from .commands import CommandError, Commands
 from .wire import BadInput, JsonStream, ValueTooLarge, encode, error, event, greeting, reply
 
@@ -119,6 +120,16 @@ class ControlServer:
                     os.unlink(self.address.path)
 
     async def _listen(self) -> list[trio.SocketListener]:
+        """The listening sockets; ListenError (an OSError naming the address) when the
+        address cannot be used."""
+        try:
+            return await self._open_listeners()
+        except OSError as e:
+            raise ListenError(
+                e.errno, f"cannot listen on {self.address}: {e.strerror or e}"
+            ) from e
+
+    async def _open_listeners(self) -> list[trio.SocketListener]:
         if self.listener is not None:  # the service manager's: it keeps the path
             return [trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))]
         if self.address.path is not None:
@@ -128,9 +139,12 @@ class ControlServer:
             old = os.umask(0o077)  # only the owner may drive the server
             try:
                 await sock.bind(self.address.path)
+                sock.listen(16)
+            except OSError:
+                sock.close()
+                raise
             finally:
                 os.umask(old)
-            sock.listen(16)
             return [trio.SocketListener(sock)]
         assert self.address.host is not None
         listeners = await trio.open_tcp_listeners(self.address.port, host=self.address.host)
