@@ -52,6 +52,7 @@ FIRST_BACKOFF = 0.1
 DEFAULT_RECONNECT = 2.0
 DEFAULT_DRAIN = 2.0  # seconds a departed client's bytes have to reach its peer
 EARLY_LIMIT = 64 * 1024  # what a standing peer may say before a client attaches
+STANDING_FIRST_BACKOFF = 0.01  # a standing backend's first reconnect delay
 
 
 class StreamBackend:
@@ -82,6 +83,7 @@ class StreamBackend:
         self._peer_had_client = False  # the current peer has served a client
         self._ending_session = False  # the peer is being closed at a session boundary
         self.ended_at_boundary = False  # the last peer was closed by a session boundary
+        self.spoke = False  # the current (or last) peer has sent something
 
     @property
     def opens_later(self) -> bool:
@@ -138,6 +140,7 @@ class StreamBackend:
             data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
                 break
+            self.spoke = True
             if self.standing and not self.chardev.fe_open:
                 # QEMU's usb-redir accepts a connection as soon as its chardev exists,
                 # but speaks (its hello) only once the device is there: that is "open"
@@ -227,6 +230,7 @@ class StreamBackend:
         self._bridge_done = done = trio.Event()
         self._peer_had_client = self.client_attached or not self.standing
         self._early = bytearray()
+        self.spoke = False  # the peer has sent something
         if not self.standing:
             self.chardev.set_fe_open(True)  # (a standing peer: once it has spoken)
         self.chardev.accept_input()
@@ -313,9 +317,11 @@ class ConnectingBackend(StreamBackend):
 
     async def _serve_standing(self) -> None:
         """Keep a peer connected whether or not a client is attached: a fresh one after
-        every session boundary, and again (with the backoff) after the peer went away."""
+        every session boundary, and again after the peer went away. Attempts start
+        STANDING_FIRST_BACKOFF apart and double up to `reconnect`, so QEMU coming back
+        soon after it left (a device re-plugged) is found within about as long again."""
         assert self.chardev is not None
-        backoff = FIRST_BACKOFF
+        backoff = STANDING_FIRST_BACKOFF
         cap = self.reconnect if self.reconnect > 0 else DEFAULT_RECONNECT
         reported = False
         while True:
@@ -334,11 +340,10 @@ class ConnectingBackend(StreamBackend):
             log.info("%s: connected", self.name)
             started = trio.current_time()
             await self.bridge(stream)
-            if trio.current_time() - started >= 1.0:
-                backoff = FIRST_BACKOFF  # it served a while: not a peer that keeps closing
-            if self.ended_at_boundary:
-                backoff = FIRST_BACKOFF  # replaced at once, for the next client
-            else:  # the peer went away: not at once (a peer that keeps closing would spin)
+            if self.spoke or trio.current_time() - started >= 1.0:
+                # a real session (QEMU said its hello), not a peer that keeps closing
+                backoff = STANDING_FIRST_BACKOFF
+            if not self.ended_at_boundary:  # the peer went away: not at once
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, cap)
 
