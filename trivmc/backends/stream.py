@@ -53,6 +53,7 @@ class StreamBackend:
         self.session = 0  # client sessions seen (OPENED events)
         self.drain = drain
         self.dropped = 0  # bytes for a peer that went away or a session that ended
+        self._dropped_at_leave = 0  # `dropped` when the client left (CLOSED)
         self.peers_served = 0
         self.breaks = 0
         self._bridge_scope: trio.CancelScope | None = None
@@ -88,6 +89,8 @@ class StreamBackend:
         self.client_attached = event == ChrEvent.OPENED
         if self.client_attached:
             self.session += 1
+        else:
+            self._dropped_at_leave = self.dropped
         self._client_changed.set()
         self._client_changed = trio.Event()
 
@@ -136,7 +139,9 @@ class StreamBackend:
     async def end_session(self, deadline: float) -> int:
         """The client left and the device handed over all it sent: a per-session peer
         gets until `deadline` (trio time) to take the rest, then it is closed; return
-        the bytes dropped. A persistent pipe keeps its peer and its bytes (0)."""
+        the bytes of the departed client dropped since it left (by the bridge too, when
+        the peer went or was closed with bytes left). A persistent pipe keeps its peer
+        and its bytes (0)."""
         if not self.per_session:
             return 0
         with trio.move_on_at(deadline):
@@ -146,7 +151,8 @@ class StreamBackend:
         if self._bridge_scope is not None:
             self._bridge_scope.cancel()
             await self._bridge_done.wait()  # its CLOSED is the old session's, not the next's
-        return self._drop_out()
+        self._drop_out()
+        return self.dropped - self._dropped_at_leave
 
     async def bridge(self, stream: trio.abc.Stream) -> None:
         """Serve `stream` as the peer until it closes or its session ends; never raises
@@ -177,6 +183,8 @@ class StreamBackend:
             dropped = self._drop_out()
             if dropped:
                 log.warning("%s: %d bytes for a peer that is gone: dropped", self.name, dropped)
+            self._out_drained.set()  # nothing is left for it: `end_session` need not wait
+            self._out_drained = trio.Event()
             self.chardev.set_fe_open(False)
             done.set()
 
