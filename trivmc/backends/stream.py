@@ -69,6 +69,7 @@ class StreamBackend:
         self.session = 0  # client sessions seen (OPENED events)
         self.drain = drain
         self.dropped = 0  # bytes for a peer that went away or a session that ended
+        self._dropped_at_leave = 0  # `dropped` when the client left (CLOSED)
         self.peers_served = 0
         self.breaks = 0
         self._bridge_scope: trio.CancelScope | None = None
@@ -117,6 +118,8 @@ class StreamBackend:
             if self.peer is not None and not self._peer_had_client:
                 self._peer_had_client = True
                 self._hand_over_early()
+        else:
+            self._dropped_at_leave = self.dropped
         self._client_changed.set()
         self._client_changed = trio.Event()
 
@@ -207,19 +210,20 @@ class StreamBackend:
     async def end_session(self, deadline: float) -> int:
         """The client left and the device handed over all it sent: a per-session peer
         gets until `deadline` (trio time) to take the rest, then it is closed; return
-        the bytes dropped. A persistent pipe keeps its peer and its bytes (0)."""
+        the bytes of the departed client dropped since it left (by the bridge too, when
+        the peer went or was closed with bytes left). A persistent pipe keeps its peer
+        and its bytes (0)."""
         if not self.per_session:
             return 0
         with trio.move_on_at(deadline):
             await self.wait_out_drained()
         self.peer = None  # from now on nothing more is taken for it
-        before = self.dropped
         if self._bridge_scope is not None:
             self._ending_session = True
             self._bridge_scope.cancel()
             await self._bridge_done.wait()  # its CLOSED is the old session's, not the next's
         self._drop_out()
-        return self.dropped - before  # what the bridge dropped as it ended, and the rest
+        return self.dropped - self._dropped_at_leave
 
     async def bridge(self, stream: trio.abc.Stream) -> None:
         """Serve `stream` as the peer until it closes or its session ends; never raises
@@ -259,6 +263,8 @@ class StreamBackend:
             if not (self.standing and self._ending_session):
                 self.chardev.set_fe_open(False)  # (a standing peer is replaced at once)
             self._ending_session = False
+            self._out_drained.set()  # nothing is left for it: `end_session` need not wait
+            self._out_drained = trio.Event()
             done.set()
 
     async def run(self, chardev: SpiceChardev) -> None:
