@@ -293,9 +293,12 @@ class ConnectingBackend(StreamBackend):
             await self._serve_standing()
             return
         backoff = FIRST_BACKOFF
+        last_session = self.session
         while True:
             await self.wait_client(True)
             session = self.session
+            if session != last_session:  # a new client: its first retry comes soon
+                backoff, last_session = FIRST_BACKOFF, session
             try:
                 stream = await self.open_peer()
             except OSError as e:
