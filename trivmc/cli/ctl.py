@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -69,15 +70,27 @@ async def main(target: str, command: str, arguments: dict[str, Any], events: boo
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
+def run_control(
+    prog: str, target: str, main: Callable[..., Awaitable[int]], *main_args: Any
+) -> int:
+    """Run a control-socket client's `main` under trio: its status; 2 (one line on
+    stderr) for a bad argument or a socket that cannot be used; 0 on Ctrl-C."""
     try:
-        arguments = parse_args(args.args)
-        return trio.run(main, args.target, args.qmp_command, arguments, args.events)
+        return trio.run(main, target, *main_args)
     except ValueError as e:
-        print(f"trivmc ctl: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     except (OSError, trio.BrokenResourceError, trio.TooSlowError) as e:
-        print(f"trivmc ctl: cannot use the control socket {args.target}: {e}", file=sys.stderr)
+        print(f"{prog}: cannot use the control socket {target}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        arguments = parse_args(args.args)
+    except ValueError as e:
+        print(f"trivmc ctl: {e}", file=sys.stderr)
+        return 2
+    return run_control("trivmc ctl", args.target, main, args.qmp_command, arguments, args.events)

@@ -10,6 +10,7 @@ from typing import Any
 import trio
 
 from ..control.client import ControlClient, control_client
+from .ctl import run_control
 
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -87,13 +88,4 @@ async def main(target: str, watch: bool, interval: float) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return trio.run(main, args.target, args.watch, args.interval)
-    except ValueError as e:
-        print(f"trivmc status: {e}", file=sys.stderr)
-        return 2
-    except (OSError, trio.BrokenResourceError, trio.TooSlowError) as e:
-        print(f"trivmc status: cannot use the control socket {args.target}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
+    return run_control("trivmc status", args.target, main, args.watch, args.interval)
