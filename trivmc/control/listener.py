@@ -179,10 +179,13 @@ class ControlConnection:
         self._events_queued = 0
         self._overflow = False
         self._unsubscribe: Any = None
+        self._scope: trio.CancelScope | None = None
 
     async def run(self) -> None:
+        """Serve this control client until it closes, or is closed for not reading."""
         try:
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
                 nursery.start_soon(self._writer)
                 self._out(greeting(self.owner.commands.version, self.owner.commands.package))
                 await self._reader()
@@ -192,7 +195,8 @@ class ControlConnection:
                 self._unsubscribe()
 
     def _out(self, msg: dict[str, Any], is_event: bool = False) -> None:
-        self._send.send_nowait((is_event, encode(msg)))
+        if not self._overflow:
+            self._send.send_nowait((is_event, encode(msg)))
 
     def _on_event(self, name: str, data: dict[str, Any]) -> None:
         if self._overflow:
@@ -202,7 +206,11 @@ class ControlConnection:
             log.warning(
                 "control client reads no events (%d queued): closing it", self._events_queued
             )
-            self._send.close()
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            if self._scope is not None:
+                self._scope.cancel()  # its writer may be stuck on a full socket
             return
         self._events_queued += 1
         self._out(event(name, data), is_event=True)
@@ -211,7 +219,6 @@ class ControlConnection:
         async for is_event, data in self._recv:
             self._events_queued -= is_event
             await self.stream.send_all(data)
-        await self.stream.aclose()  # the queue was closed: an overflow
 
     async def _reader(self) -> None:
         parser = JsonStream()
@@ -224,8 +231,6 @@ class ControlConnection:
                     self._out(error("GenericError", item.desc))
                 else:
                     await self._handle(item.value)
-            if self._overflow:
-                return
 
     async def _handle(self, msg: Any) -> None:
         if not isinstance(msg, dict):
