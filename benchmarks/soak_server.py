@@ -104,8 +104,8 @@ def activity(servers: Sequence[Server]) -> dict[str, int]:
             device = channel.device
             totals["clients_served"] += channel.clients_served
             totals["clients_refused"] += channel.clients_refused
-            totals["device_bytes_in"] += device.stats.in_data
-            totals["device_bytes_out"] += device.stats.out_data
+            totals["device_bytes_in"] += device.stats.written
+            totals["device_bytes_out"] += device.stats.read
             totals["write_retries"] += device.write_retries
             totals["devices_busy"] += not device.idle
             totals["tokens_in_use"] += device.total_tokens - device.tokens_free

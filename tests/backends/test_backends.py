@@ -146,7 +146,7 @@ async def test_file_appends(tmp_path: Path) -> None:
         with trio.fail_after(10):
             while backend.written < len(payload):
                 await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-        assert device.stats.in_data == len(payload)
+        assert device.stats.written == len(payload)
     assert path.read_bytes() == payload
 
 
@@ -185,7 +185,7 @@ async def test_backend_failure_is_logged_and_server_goes_on(
         assert "cannot connect" in caplog.text and "retrying" in caplog.text
         assert ch.opened is False
         device = server.channels[(10, 0)].device
-        assert device.queued_buffers == 1 and device.stats.in_data == 0  # kept, not lost
+        assert device.queued_buffers == 1 and device.stats.written == 0  # kept, not lost
 
 
 async def test_closing_a_session_closes_its_channels() -> None:

@@ -186,7 +186,7 @@ class Peer(trio.abc.Stream):
 class Mark:
     """The byte counters at one instant."""
 
-    in_data: int  # device: written into the frontend
+    written: int  # device: written into the frontend
     dev_dropped: int  # device: dropped by reset() at a boundary
     chan_dropped: int  # channel: dropped at session boundaries
     be_dropped: int  # backend: dropped for a peer that went or a session that ended
@@ -233,7 +233,7 @@ class ScriptedBackend(ConnectingBackend):
     def mark(self) -> Mark:
         assert self.channel is not None
         stats = self.channel.device.stats
-        return Mark(stats.in_data, stats.dropped, self.channel.bytes_dropped, self.dropped)
+        return Mark(stats.written, stats.dropped, self.channel.bytes_dropped, self.dropped)
 
     async def open_peer(self) -> trio.abc.Stream:
         session = self.session
@@ -626,7 +626,7 @@ def check_session(rig: Rig, client: Client) -> None:
     log = backend.log[s]
     assert log.end is not None and log.closed_at is not None, f"session {s} not over"
     start, end = log.start, log.end
-    written = end.in_data - start.in_data
+    written = end.written - start.written
     dev_dropped = end.dev_dropped - start.dev_dropped
     be_dropped = end.be_dropped - start.be_dropped
 

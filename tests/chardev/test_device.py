@@ -161,7 +161,7 @@ async def test_device_to_client_pauses_at_1mib(autojump_clock: trio.testing.Mock
         client.drain()
         await trio.testing.wait_all_tasks_blocked()
         assert len(client.received) == 40 * MAX_READ
-        assert dev.stats.out_data == 40 * MAX_READ
+        assert dev.stats.read == 40 * MAX_READ
         n.cancel_scope.cancel()
 
 

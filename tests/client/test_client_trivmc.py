@@ -54,11 +54,15 @@ async def test_8mib_echo_through_port(lz4: bool) -> None:
             got = await echo_through(ch, payload)
             assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
         stats = server.channels[(10, 0)].device.stats
+        # spice-server's meanings: DATA payload, LZ4 block and its output, both ways
+        assert stats.in_data + stats.in_decompressed == len(payload) == stats.written
+        assert stats.out_data + stats.out_uncompressed == len(payload) == stats.read
         if lz4:
-            assert stats.in_compressed > 0 and stats.out_compressed > 0
+            assert 0 < stats.in_compressed < stats.in_decompressed
+            assert 0 < stats.out_compressed < stats.out_uncompressed
         else:
-            assert stats.in_compressed == 0 and stats.out_compressed == 0
-        assert stats.in_data == len(payload)
+            assert stats.in_compressed == stats.in_decompressed == 0 == stats.out_compressed
+            assert stats.out_uncompressed == 0 and stats.in_data == len(payload)
 
 
 async def test_usbredir_echo_with_lz4() -> None:

@@ -270,7 +270,7 @@ async def test_removing_an_attached_channel_with_bytes_queued(
             assert_released(channel)
             # every byte held for the device is counted as dropped, the one the writer
             # was trying to write included
-            assert channel.device.stats.in_data == 0
+            assert channel.device.stats.written == 0
             assert channel.device.stats.dropped == held
             assert channel.key not in server.channels
             assert channel.key not in server.channel_list()

@@ -97,10 +97,10 @@ async def test_a_stalled_peers_bytes_are_dropped_at_the_boundary_not_given_to_th
         stats = channel.device.stats
         backend_dropped = channel.backend.dropped  # type: ignore[attr-defined]
         # exact: what the device handed the backend reached A's peer or was dropped there
-        assert stats.in_data - 1000 == len(got_a) + backend_dropped
+        assert stats.written - 1000 == len(got_a) + backend_dropped
         assert channel.bytes_dropped == stats.dropped + backend_dropped
         print(
-            f"boundary counters: A sent {sent}, device took {stats.in_data - 1000} of A's,"
+            f"boundary counters: A sent {sent}, device took {stats.written - 1000} of A's,"
             f" A's peer got {len(got_a)}, dropped {channel.bytes_dropped} (device queue"
             f" {stats.dropped}, backend buffer {backend_dropped});"
             f" B's peer got {len(got)} of B's 1000, none of A's"
@@ -146,7 +146,7 @@ async def test_a_departed_clients_bytes_reach_its_own_peer_within_the_deadline(
                 assert await port_b.receive_some() == b"to B"
         assert channel.bytes_dropped == 0
         await settle(lambda: channel.device.idle)
-        taken_from_a = channel.device.stats.in_data - 10  # all the device took, but B's
+        taken_from_a = channel.device.stats.written - 10  # all the device took, but B's
         assert got_a == [b"A" * taken_from_a] and taken_from_a > channel.device.byte_budget
 
 

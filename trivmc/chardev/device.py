@@ -46,15 +46,23 @@ RETRY_INTERVAL = 0.1
 
 @dataclass
 class DeviceStats:
-    """Byte counters of one device (the VMC channel updates the compression ones)."""
+    """Byte counters of one device; they only grow.
 
-    in_data: int = 0  # bytes from clients written into the device
-    in_compressed: int = 0  # compressed bytes received from clients
-    in_decompressed: int = 0  # bytes those decompressed to
-    out_data: int = 0  # bytes read from the device for clients
-    out_compressed: int = 0  # bytes sent to clients compressed (wire size)
-    out_uncompressed: int = 0  # bytes sent to clients as plain DATA
-    dropped: int = 0  # client bytes never written: dropped by reset() (a session boundary)
+    The first six are spice-server's spicevmc counters, with its meanings (spicevmc.cpp;
+    the VMC channel client updates them, docs/chardev.md): a message's bytes count once
+    the device accepted it, a device read's once it is queued for the client. The last
+    three are the device's own: bytes through the instance, and dropped ones.
+    """
+
+    in_data: int = 0  # payload of DATA messages from clients
+    in_compressed: int = 0  # LZ4 block bytes of COMPRESSED_DATA from clients
+    in_decompressed: int = 0  # the bytes those decompressed to
+    out_data: int = 0  # device bytes sent to clients as DATA
+    out_compressed: int = 0  # LZ4 block bytes of COMPRESSED_DATA sent to clients
+    out_uncompressed: int = 0  # device bytes sent to clients as COMPRESSED_DATA
+    written: int = 0  # bytes written into the device instance
+    read: int = 0  # bytes read from the device instance (for a client)
+    dropped: int = 0  # client bytes never written: by reset() (a session boundary) or a stop
 
 
 class _Flag:
@@ -207,7 +215,7 @@ class CharDevice:
         self._writable.clear()
         n = self.instance.write(data if isinstance(data, memoryview) else memoryview(data))
         if n > 0:
-            self.stats.in_data += n
+            self.stats.written += n
         if n < len(data):
             self._tokens.acquire_nowait()  # free: checked above
             self.outstanding_buffers += 1
@@ -238,7 +246,7 @@ class CharDevice:
             self._writable.clear()
             n = self.instance.write(memoryview(buf.data))
             if n > 0:
-                self.stats.in_data += n
+                self.stats.written += n
             if n >= len(buf.data):
                 buf.release()
                 return
@@ -281,7 +289,7 @@ class CharDevice:
                     self._writable.clear()
                     n = self.instance.write(view)
                     if n > 0:
-                        self.stats.in_data += n
+                        self.stats.written += n
                         view = view[n:]
                         self._unbuffer(n)
                     if len(view) and gen == self._reset_gen:
@@ -324,7 +332,7 @@ class CharDevice:
             data = self.instance.read(self.max_read)
             if not data:
                 return False
-            self.stats.out_data += len(data)
+            self.stats.read += len(data)
             client.push_device_data(data)
         return False
 
@@ -351,7 +359,7 @@ class CharDevice:
             data = self.instance.read(self.max_read)
             if not data:
                 return
-            self.stats.out_data += len(data)
+            self.stats.read += len(data)
             client.push_device_data(data)
             since_checkpoint += len(data)
             if since_checkpoint >= READ_BATCH:  # let the sender and others run

@@ -403,9 +403,10 @@ def stats_lines(server: Server) -> list[str]:
         st = ch.device.stats
         lines.append(
             f"{ch.label}: clients {1 if ch.client else 0} (served {ch.clients_served},"
-            f" refused {ch.clients_refused}) in {st.in_data} B (compressed {st.in_compressed}"
-            f" -> {st.in_decompressed}) out {st.out_data} B (as lz4 {st.out_compressed},"
-            f" plain {st.out_uncompressed}) tokens free {ch.device.tokens_free}"
+            f" refused {ch.clients_refused}) in: DATA {st.in_data} B, lz4 {st.in_compressed}"
+            f" -> {st.in_decompressed} B; out: DATA {st.out_data} B, lz4"
+            f" {st.out_uncompressed} -> {st.out_compressed} B; device written {st.written} B,"
+            f" read {st.read} B; tokens free {ch.device.tokens_free}"
         )
     return lines
 

@@ -34,6 +34,11 @@ def rate(now: int, before: int, seconds: float) -> str:
     return f"{per_second:.1f} GiB/s"
 
 
+def moved(c: dict[str, int]) -> tuple[int, int]:
+    """Payload bytes in and out, whether they went as DATA or COMPRESSED_DATA."""
+    return c["in-data"] + c["in-decompressed"], c["out-data"] + c["out-uncompressed"]
+
+
 def render(
     spice: dict[str, Any],
     channels: list[dict[str, Any]],
@@ -56,10 +61,10 @@ def render(
         client = ch["client"]["peer"].split(" ")[0] if ch.get("client") else "-"
         if not ch.get("available", True):
             client = "(withdrawn)"
+        (now_in, now_out), (old_in, old_out) = moved(c), moved(old)
         lines.append(
-            f"{ch['label'][:34]:<34} {client[:28]:<28} {c['in-data']:>12} {c['out-data']:>12}"
-            f" {rate(c['in-data'], old['in-data'], seconds):>11}"
-            f" {rate(c['out-data'], old['out-data'], seconds):>11}"
+            f"{ch['label'][:34]:<34} {client[:28]:<28} {now_in:>12} {now_out:>12}"
+            f" {rate(now_in, old_in, seconds):>11} {rate(now_out, old_out, seconds):>11}"
             f" {c['buffered-bytes'] + c['queued-to-client']:>9} {c['dropped-at-boundary']:>9}"
         )
     return "\n".join(lines)

@@ -95,6 +95,8 @@ def channel_counters(channel: VmcChannel) -> dict[str, Any]:
         "out-data": st.out_data,
         "out-compressed": st.out_compressed,
         "out-uncompressed": st.out_uncompressed,
+        "written": st.written,
+        "read": st.read,
         "buffered-bytes": device.buffered_bytes,
         "tokens-in-use": device.total_tokens - device.tokens_free,
         "queued-to-client": client.queued_bytes if client is not None else 0,

@@ -65,6 +65,7 @@ from .link import (
     error_reply,
 )
 from .lz4rules import (
+    COMPRESSED_HEAD_SIZE,
     compress_body,
     decompress_block,
     decompress_body,
@@ -107,6 +108,7 @@ from .ticket import (
 
 __all__ = [
     "CLIENT_COMMON_CAPS",
+    "COMPRESSED_HEAD_SIZE",
     "FULL_HEADER_SIZE",
     "LINK_HEADER_SIZE",
     "LINK_MESS_SIZE",

@@ -28,6 +28,7 @@ from ..chardev import CharDevice, DeviceSubtype, SpiceChardev
 from ..chardev.device import BYTE_BUDGET
 from ..chardev.interface import DeviceData
 from ..protocol import (
+    COMPRESSED_HEAD_SIZE,
     ChannelType,
     MsgcVmc,
     MsgVmc,
@@ -58,30 +59,38 @@ class VmcChannelClient(ChannelClient):
         self.connection_id = 0  # its session's
 
     def push_device_data(self, data: DeviceData) -> None:
+        """Queue device bytes as DATA or COMPRESSED_DATA, counted as spicevmc.cpp does:
+        `out_data` the bytes sent plain, `out_uncompressed` / `out_compressed` the bytes
+        sent compressed before and after LZ4."""
         stats = self.channel.device.stats
         mtype, body = vmc_payload(data, self.peer_lz4, self.is_unix)
         if mtype == MsgVmc.COMPRESSED_DATA:
-            stats.out_compressed += len(body)
+            stats.out_compressed += len(body) - COMPRESSED_HEAD_SIZE
+            stats.out_uncompressed += len(data)
         else:
-            stats.out_uncompressed += len(body)
+            stats.out_data += len(data)
         self.send(mtype, body)
 
     def handle_now(self, mtype: int, body: Body) -> bool:
         """DATA (and COMPRESSED_DATA, decompressed only when the device takes it now)
         for an idle device is written at once, with no token round trip; anything else
-        takes `handle_message`."""
+        takes `handle_message`. `in_data` counts a DATA payload once the device took it."""
         device = self.channel.device
         if mtype == MsgcVmc.DATA:
-            return device.try_write(body)
+            if device.try_write(body):
+                device.stats.in_data += len(body)
+                return True
+            return False
         if mtype == MsgcVmc.COMPRESSED_DATA and device.writes_now:
             return device.try_write(self._decompress(body))
         return False
 
     def _decompress(self, body: Body) -> bytes:
-        """The stated size is checked against the bound before anything is allocated."""
+        """The stated size is checked against the bound before anything is allocated;
+        `in_compressed` / `in_decompressed` count the LZ4 block and its output."""
         data = decompress_body(body, self.max_decompressed)
         stats = self.channel.device.stats
-        stats.in_compressed += len(body)
+        stats.in_compressed += len(body) - COMPRESSED_HEAD_SIZE
         stats.in_decompressed += len(data)
         return data
 
@@ -89,6 +98,7 @@ class VmcChannelClient(ChannelClient):
         device = self.channel.device
         if mtype == MsgcVmc.DATA:
             buf = await device.get_write_buffer(body)
+            device.stats.in_data += len(body)
             device.write_buffer_add(buf)
         elif mtype == MsgcVmc.COMPRESSED_DATA:
             # room in the byte budget first, then the decompressed bytes (counted in it)
