@@ -3,7 +3,9 @@
 Each runs a reader task, a sender task and, when enabled, a ping task in its own
 nursery. Outgoing messages wait in a memory channel; the sender batches whatever is
 queued into one socket write. `queued_bytes` counts body bytes queued and not yet
-written (the char device pauses reading at 1 MiB).
+written (the char device pauses reading at 1 MiB). `bytes_in` / `bytes_out` count SPICE
+wire bytes (headers included; TLS and WebSocket framing not), `messages_in` /
+`messages_out` whole messages; `Traffic` sums them over a channel's connections.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -80,6 +82,30 @@ class PeerUnresponsive(ProtocolError):
     """The peer answered none of the last `ping_misses` PINGs: it is disconnected."""
 
 
+@dataclass
+class Traffic:
+    """Wire bytes and messages of a channel's connections, both ways: `add` those of
+    a connection that ended; `with_live` gives the totals with live ones included.
+    Moving a connection from live to `add` in one step keeps every sum monotonic."""
+
+    bytes_in: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+
+    def add(self, client: ChannelClient) -> None:
+        self.bytes_in += client.bytes_in
+        self.bytes_out += client.bytes_out
+        self.messages_in += client.messages_in
+        self.messages_out += client.messages_out
+
+    def with_live(self, clients: Iterable[ChannelClient]) -> Traffic:
+        total = replace(self)
+        for client in clients:
+            total.add(client)
+        return total
+
+
 MAX_QUEUED = 2 * 1024 * 1024
 PING_MISSES = 3
 OUTSTANDING_PINGS = 8  # PINGs remembered for matching late PONGs
@@ -134,6 +160,8 @@ class ChannelClient:
         self.min_rtt: float | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.messages_in = 0  # counted per read
+        self.messages_out = 0  # counted once wholly written
         # plain sockets take scatter-gather writes; TLS and WebSocket streams do not
         self._gather_socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         # messages written at once when nothing is queued (not under an ACK window)
@@ -158,6 +186,7 @@ class ChannelClient:
                 n = 0
             self.bytes_out += n
             if n == len(header) + len(body):
+                self.messages_out += 1
                 return
             if n >= len(header):  # the rest of the body, as it is (bodies are immutable)
                 mtype, body = FRAMED, memoryview(body)[n - len(header) :]
@@ -214,7 +243,10 @@ class ChannelClient:
             self.ack_generation += 1
             self.unacked = 1
             body = SetAck(self.ack_generation, self.ack_window).encode()
-            await self.stream.send_all(self.encoder.encode(MsgCommon.SET_ACK, body))
+            data = self.encoder.encode(MsgCommon.SET_ACK, body)
+            await self.stream.send_all(data)
+            self.bytes_out += len(data)
+            self.messages_out += 1
         async for first in self._out_recv:
             batch = self._batch(first)
             del first
@@ -247,6 +279,7 @@ class ChannelClient:
             data = b"".join(parts)
             await self.stream.send_all(data)
             self.bytes_out += len(data)
+        self.messages_out += len(batch)  # a FRAMED item ends the message it continues
         self._queued_items -= len(batch)
         self.queued_bytes -= sum(len(b) for _, b in batch)
         self._queue_changed.set()
@@ -294,6 +327,7 @@ class ChannelClient:
             if data:
                 self.bytes_in += len(data)
                 messages = feed(data)
+                self.messages_in += len(messages)
                 for msg in messages:
                     if not handle_now(msg.type, msg.body):
                         await dispatch(msg)

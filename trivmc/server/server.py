@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ from ..protocol.ticket import LinkKey
 from ..transport import accept_websocket
 from .accept import accept_loop, raise_fd_limit
 from .admission import PendingLink, PendingLinks, source_key
-from .channel import ChannelOptions, PeerNotReading, PeerUnresponsive
+from .channel import ChannelOptions, PeerNotReading, PeerUnresponsive, Traffic
 from .config import ServerConfig
 from .events import EventHub, LinkedChannel, basic_info
 from .heap import trim_periodically
@@ -107,6 +108,10 @@ class Server:
         self.channels: dict[tuple[int, int], VmcChannel] = {}
         self._channel_tasks: dict[tuple[int, int], _ChannelTask] = {}
         self.links_refused = 0
+        self.links_refused_by: Counter[LinkError] = Counter()  # by the code sent
+        self.links_accepted: Counter[ChannelType] = Counter()  # by channel type
+        self.main_traffic = Traffic()  # of the main channels that ended
+        self.main_clients: set[MainChannelClient] = set()  # the live ones
         self.connections = 0
         self.tls_failures = 0
         self.tls_addresses: list[object] = []
@@ -495,6 +500,7 @@ class Server:
 
     def _refuse(self, peer: str, code: LinkError, why: str) -> None:
         self.links_refused += 1
+        self.links_refused_by[code] += 1
         log.warning("%s: link refused (%s): %s", peer, code.name, why)
 
     def _check_channel(self, mess: LinkMess, conn: _Conn) -> LinkError:
@@ -578,6 +584,7 @@ class Server:
                     if code != LinkError.OK:
                         self._refuse(peer, code, f"channel {mess.channel_type}:{mess.channel_id}")
                         return None
+                    self.links_accepted[ChannelType(mess.channel_type)] += 1
                     return _Linked(mess, machine.mini_header, machine.trailing, session)
 
     async def _run_channel(self, stream: trio.abc.Stream, linked: _Linked, conn: _Conn) -> None:
@@ -638,10 +645,13 @@ class Server:
         conn.peer += f" (session {session.connection_id:#010x})"
         log.info("%s: linked", conn.peer)
         session.announce = client.announce
+        self.main_clients.add(client)
         try:
             with session.scope:
                 await client.run(linked.trailing)
         finally:
+            self.main_clients.discard(client)
+            self.main_traffic.add(client)
             session.announce = None
             self.sessions.remove(session)
 

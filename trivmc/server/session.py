@@ -54,6 +54,7 @@ class SessionTable:
     def __init__(self, multi_session: bool) -> None:
         self.multi_session = multi_session
         self._sessions: dict[int, Session] = {}
+        self.created = 0  # sessions created so far
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -79,6 +80,7 @@ class SessionTable:
                 break
         session = Session(cid)
         self._sessions[cid] = session
+        self.created += 1
         return session
 
     def remove(self, session: Session) -> None:

@@ -39,7 +39,7 @@ from ..protocol import (
     vmc_payload,
 )
 from ..protocol.messages import Body
-from .channel import ChannelClient, ChannelOptions, UnknownMessage
+from .channel import ChannelClient, ChannelOptions, Traffic, UnknownMessage
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,7 @@ class VmcChannel:
         self.clients_refused = 0
         self.drain = float(getattr(backend, "drain", DEFAULT_DRAIN))
         self.bytes_dropped = 0  # a departed client's bytes not delivered by the deadline
+        self.traffic = Traffic()  # of the clients that ended (`traffic_now`: all)
         self._session_over = trio.Event()  # the last client's session boundary is done
         self._session_over.set()
         self._nursery: trio.Nursery | None = None
@@ -165,6 +166,11 @@ class VmcChannel:
         return f"{name}:{self.channel_id}" + (
             f" ({self.chardev.port_name})" if self.channel_type == ChannelType.PORT else ""
         )
+
+    @property
+    def traffic_now(self) -> Traffic:
+        """Wire bytes and messages of every client served, the linked one included."""
+        return self.traffic.with_live([] if self.client is None else [self.client])
 
     @property
     def is_port(self) -> bool:
@@ -278,6 +284,7 @@ class VmcChannel:
                     self.device.remove_client(client)
                     self._begin_boundary()
             finally:  # the channel is free again whatever happened above
+                self.traffic.add(client)
                 self.client = None
                 self._client_gone.set()
 
