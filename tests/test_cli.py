@@ -377,3 +377,22 @@ async def test_serve_record_then_show_then_replay(tmp_path: Path) -> None:
     )
     assert sent.read_bytes() == b"".join(messages)
     assert f"{total} bytes and 2 events to file:{sent}" in replay.stdout.decode()
+
+
+def test_metrics_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert serve_args("--metrics", "127.0.0.1:9930").metrics == "127.0.0.1:9930"  # type: ignore[attr-defined]
+    conf = tmp_path / "metrics.toml"
+    conf.write_text('metrics = "127.0.0.1:9931"\n')
+    assert serve_args("--config", str(conf)).metrics == "127.0.0.1:9931"  # type: ignore[attr-defined]
+    assert serve_args().metrics is None  # type: ignore[attr-defined]
+    assert main(["serve", "--metrics", "nowhere"]) == 2
+    assert "expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_metrics_address_in_use_exits_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = serve_process("--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{port}")
+    one_line_error(r, f"cannot listen on 127.0.0.1:{port}: Address already in use")

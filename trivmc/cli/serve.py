@@ -19,6 +19,7 @@ from ..control import ControlAddress, ControlServer, parse_control_address
 from ..control.listener import inherited_control_address
 from ..server import Server, ServerConfig
 from ..server.config import DEFAULT_PORT, parse_channel_names
+from ..server.metrics import serve_metrics
 from ..server.server import format_address, leaf_exceptions
 from ..server.systemd import ActivatedSockets, Notifier, SystemdError, listen_fds, sort_sockets
 from ..transport import server_tls_context
@@ -62,7 +63,9 @@ examples:
   trivmc serve --config trivmc.toml --stats 10
       settings from TOML (the same names: listen, unix, password, disable_ticketing,
       multi_session, usbredir = [...], port = {NAME = BACKEND}, webdav, log_level, stats,
-      name, uuid, record = {CHANNEL = FILE}); command-line options override it
+      name, uuid, record = {CHANNEL = FILE}, metrics); command-line options override it
+  trivmc serve --metrics 127.0.0.1:9930
+      Prometheus metrics at http://127.0.0.1:9930/metrics (docs/operating.md)
 """
 
 
@@ -166,6 +169,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--stats", type=float, metavar="SECONDS", help="print per-channel counters this often"
     )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (docs/operating.md)",
+    )
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -214,7 +222,7 @@ CONFIG_KEYS = {
     "usbredir", "port", "webdav", "log_level", "stats", "tls_listen", "cert", "key",
     "ca", "secure_channels", "plaintext_channels", "no_websocket", "ping_interval",
     "ping_misses", "keepalive", "max_pending_links", "max_pending_per_source", "byte_budget",
-    "name", "uuid", "record",
+    "name", "uuid", "record", "metrics",
 }  # fmt: skip
 
 
@@ -271,6 +279,7 @@ def merge_config(args: argparse.Namespace) -> argparse.Namespace:
         ("name", None),
         ("uuid", None),
         ("record", []),
+        ("metrics", None),
     ):
         if getattr(args, key) is None:
             setattr(args, key, conf.get(key, default))
@@ -426,10 +435,12 @@ async def serve(
     *,
     activated: ActivatedSockets | None = None,
     notifier: Notifier | None = None,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; `activated`: the sockets systemd passed (their
     control socket is served at `control`); `notifier` gets READY=1 once every listener
-    serves and STOPPING=1 when a signal stops it."""
+    serves and STOPPING=1 when a signal stops it; `metrics`: where to serve Prometheus
+    metrics."""
     try:
         await _serve(
             server,
@@ -438,6 +449,7 @@ async def serve(
             control,
             activated or ActivatedSockets(),
             notifier or Notifier(None),
+            metrics,
         )
     finally:
         close_recordings(server)
@@ -450,12 +462,16 @@ async def _serve(
     control: ControlAddress | None,
     activated: ActivatedSockets,
     notifier: Notifier,
+    metrics: tuple[str, int] | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         bound = None
         if control is not None:  # first: an address it cannot use is a setting's error
             ctl = ControlServer(server, control, version=version(), listener=activated.control)
             bound = await nursery.start(ctl.serve)
+        metrics_at = (
+            [] if metrics is None else await nursery.start(serve_metrics, server, *metrics)
+        )
         addresses: list[object] = await nursery.start(
             functools.partial(server.serve, inherited=activated.listeners)
         )
@@ -468,6 +484,8 @@ async def _serve(
             for a in [*addresses, *server.tls_addresses]
         ):
             log.warning("ticketing is disabled on a non-loopback address: anyone can connect")
+        if metrics is not None and metrics[0] not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("metrics on a non-loopback address: anyone who reaches it reads them")
         if stats:
             nursery.start_soon(print_stats, server, stats)
         for addr in addresses:
@@ -476,6 +494,8 @@ async def _serve(
             print(f"trivmc: serving TLS {uri_for(None, addr)}", flush=True)
         for ch in server.channels.values():
             print(f"trivmc: channel {ch.label}", flush=True)
+        for addr in metrics_at:
+            print(f"trivmc: metrics on http://{format_address(addr)}/metrics", flush=True)
         tls_first = server.tls_addresses[0] if server.tls_addresses else None
         if addresses:
             print(f"try: remote-viewer {uri_for(addresses[0], tls_first)}", flush=True)
@@ -544,6 +564,7 @@ def _run(args: argparse.Namespace, activated: ActivatedSockets, notifier: Notifi
     try:
         server = build_server(args, activated)
         control = parse_control_address(args.control) if args.control else None
+        metrics = parse_hostport(args.metrics) if args.metrics else None
         if activated.control is not None:
             if control is not None:
                 raise ValueError(
@@ -565,6 +586,7 @@ def _run(args: argparse.Namespace, activated: ActivatedSockets, notifier: Notifi
                 control,
                 activated=activated,
                 notifier=notifier,
+                metrics=metrics,
             )
         )
     except BaseException as e:
