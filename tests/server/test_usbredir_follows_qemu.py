@@ -142,6 +142,8 @@ async def test_each_session_gets_a_fresh_qemu_connection_and_nothing_of_the_last
         await conn_a.send(b"late words of A's QEMU")  # after A left: shown to nobody
         conn_b = await qemu.accept(b"HELLO-B")  # the gateway reconnected by itself
         assert channel.available  # the boundary's own close never withdrew it
+        await settle(lambda: backend.peer is not None)
+        assert backend.can_read() == 0  # a fresh QEMU connection takes no client's bytes
         async with connect(uri, lz4=False) as b:
             redir_b = await b.open_usbredir(0)
             assert await read_exactly(redir_b, 7) == b"HELLO-B"
@@ -236,3 +238,40 @@ async def test_offered_once_qemu_speaks_not_when_its_socket_accepts(
         redir = await session.open_usbredir(0)
         assert await read_exactly(redir, 5) == b"HELLO"
         conn.close()
+
+
+async def test_qemu_lost_during_the_boundary_gets_no_bytes_on_its_new_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A leaves with bytes queued (QEMU stalled); QEMU drops that connection during the
+    drain and the gateway reconnects at once: the new connection (the next session's)
+    gets none of A's bytes, and the boundary ends without waiting for the deadline."""
+    qemu = Qemu()
+    await qemu.listen()
+    server, channel, backend = gateway(qemu.port)
+    backend.drain = channel.drain = 30.0
+    async with server as addrs:
+        uri = uri_of(addrs)
+        conn_a = await qemu.accept(b"HELLO-A")
+        conn_a.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        async with connect(uri, lz4=False) as a:
+            await a.wait_channel(USBREDIR, 0)
+            redir_a = await a.open_usbredir(0)
+            assert await read_exactly(redir_a, 7) == b"HELLO-A"
+            with trio.move_on_after(2):  # QEMU reads nothing: the server queues
+                while True:
+                    await redir_a.send_all(b"a" * 65536)
+        await settle(lambda: channel.client is None)
+        left = trio.current_time()
+        conn_a.close()  # QEMU drops it during the boundary
+        conn_b = await qemu.accept(b"HELLO-B")
+        await settle(lambda: channel._session_over.is_set())
+        assert trio.current_time() - left < 5  # not the 30 s deadline
+        assert channel.bytes_dropped > 0
+        async with connect(uri, lz4=False) as b:
+            redir_b = await b.open_usbredir(0)
+            assert await read_exactly(redir_b, 7) == b"HELLO-B"
+            await redir_b.send_all(b"b" * 10)
+            with trio.fail_after(30):
+                assert await conn_b.recv(100) == b"b" * 10  # B's first bytes, none of A's
+        conn_b.close()

@@ -99,8 +99,8 @@ class StreamBackend:
         return len(self._out) + self._sending
 
     def can_read(self) -> int:
-        if self.peer is None:
-            return 0
+        if self.peer is None or not self._peer_had_client:
+            return 0  # (a standing peer takes bytes only from its own session's client)
         return max(0, OUT_LIMIT - self.out_bytes)
 
     def read(self, data: memoryview) -> None:
@@ -207,6 +207,15 @@ class StreamBackend:
         while (self._out or self._sending) and self.peer is not None:
             await self._out_drained.wait()
 
+    async def wait_undeliverable(self) -> None:
+        """Return once the departed client's bytes can reach no peer any more: a
+        per-session peer that is gone is never replaced for a client that has left.
+        A persistent pipe may get a peer later, so it never returns."""
+        if not self.per_session:
+            await trio.sleep_forever()
+        while self.peer is not None and self._peer_had_client:
+            await self._bridge_done.wait()
+
     async def end_session(self, deadline: float) -> int:
         """The client left and the device handed over all it sent: a per-session peer
         gets until `deadline` (trio time) to take the rest, then it is closed; return
@@ -265,7 +274,7 @@ class StreamBackend:
             self._ending_session = False
             self._out_drained.set()  # nothing is left for it: `end_session` need not wait
             self._out_drained = trio.Event()
-            done.set()
+            done.set()  # (also: `wait_undeliverable` looks again)
 
     async def run(self, chardev: SpiceChardev) -> None:
         self.chardev = chardev

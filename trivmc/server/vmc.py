@@ -18,7 +18,7 @@ server, which announces the channel to every connected session.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -222,6 +222,23 @@ class VmcChannel:
         self.bytes_dropped += self.device.reset()
         over.set()
 
+    async def _queue_delivered_or_undeliverable(self) -> None:
+        """Return once the device's queue is empty, or once the backend says no peer
+        can take it any more (waiting for the deadline then would only hold up the
+        next client)."""
+        undeliverable = getattr(self.backend, "wait_undeliverable", None)
+        if undeliverable is None:
+            await self.device.wait_queue_empty()
+            return
+        async with trio.open_nursery() as nursery:
+
+            async def first(wait: Callable[[], Awaitable[None]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, self.device.wait_queue_empty)
+            nursery.start_soon(first, undeliverable)
+
     async def _end_session(self, over: trio.Event) -> None:
         """The session boundary: what the departed client sent gets until the drain
         deadline to reach its backend peer (the device's queue, then the backend's
@@ -230,7 +247,7 @@ class VmcChannel:
         try:
             deadline = trio.current_time() + self.drain
             with trio.move_on_at(deadline):
-                await self.device.wait_queue_empty()
+                await self._queue_delivered_or_undeliverable()
             dropped = self.device.reset()
             end_session = getattr(self.backend, "end_session", None)
             if end_session is not None:
