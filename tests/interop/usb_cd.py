@@ -234,7 +234,8 @@ def assert_clean_usbredir_log(qemu_stderr: list[str], sessions: int) -> None:
     hello, or none, on one of QEMU's connections would be another session's bytes) and
     one device attached each."""
     text = "".join(qemu_stderr)
-    assert not usbredir_trouble(qemu_stderr), text
+    trouble = usbredir_trouble(qemu_stderr)
+    assert not trouble, f"{''.join(trouble)}--- all of QEMU's stderr:\n{text}"
     hellos = [ln for ln in qemu_stderr if "usbredirparser: Peer version:" in ln]
     assert len(hellos) == sessions, text
     assert all("Peer version: spice-gtk" in ln for ln in hellos), text
