@@ -25,7 +25,15 @@ from pathlib import Path
 import trio
 
 from . import extra
-from .procs import HERE, anchor_binary, cpu_snapshot, cpu_used, free_port, run_json
+from .procs import (
+    HERE,
+    anchor_binary,
+    cpu_snapshot,
+    cpu_used,
+    free_port,
+    run_json,
+    wait_idle,
+)
 from .report import CPU, KEYS_CPU, Result, combine, cpu_per_gb, render
 from .rows import (
     QUICK,
@@ -73,6 +81,8 @@ def run_row(row: Row, sizes: Sizes, runs: int, anchor: Path | None) -> Result:
     cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
     session: dict[str, tuple[float, float]] = {name: (0.0, 0.0) for name in servers}
     with extra.servers({name: (cmd, ports[name]) for name, cmd in servers.items()}) as procs:
+        for proc in procs.values():
+            wait_idle(proc.pid)  # done starting (trivmc's key pool full) before any run
         for run in range(WARMUP + runs):  # the warm-up run is not counted
             for name in run_order(run, list(servers)):
                 if name == "pump":

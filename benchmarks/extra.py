@@ -23,6 +23,7 @@ from .procs import (
     run_json,
     server,
     stop_client,
+    wait_idle,
     wait_listening,
 )
 from .report import Result
@@ -52,8 +53,9 @@ def check(row: Row, res: dict[str, object], nbytes: int) -> None:
 
 
 def rss_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Result]:
-    """RSS of each server idle (an echo port, nothing connected), `runs` fresh starts;
-    and of trivmc's key-maker processes (the server's children) in the same starts."""
+    """RSS of each server idle (an echo port, nothing connected, done starting), `runs`
+    fresh starts; and of trivmc's key-maker processes (the server's children) in the
+    same starts."""
     result = Result("rss_idle", "RSS, server idle (one echo port)", "MiB", False)
     keys = Result("rss_keys", "RSS of a key-maker process (trivmc's key worker)", "MiB", False)
     workers: list[int] = []
@@ -66,10 +68,9 @@ def rss_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Re
         makers["pump"] = pump_cmd(port, "echo", 0)
         for who, cmd in makers.items():
             with server(cmd, port) as proc:
+                wait_idle(proc.pid)  # done starting: trivmc's key pool full
                 result.add(who, {"rss": rss_kib(proc.pid) / 1024}, "rss")
                 if who == "trivmc":
-                    # serving starts once the workers have made their first keys: they
-                    # are up, cryptography imported
                     kids = children(proc.pid)
                     workers.append(len(kids))
                     for kid in kids:

@@ -160,6 +160,22 @@ def cpu_used(before: CpuSnapshot, after: CpuSnapshot) -> tuple[float, float]:
     return after.server - before.server, kids
 
 
+def wait_idle(pid: int, quiet: float = 0.3, timeout: float = 20.0) -> None:
+    """Block until a process and its children have used under 1 ms of CPU in `quiet`
+    seconds: done starting. A server accepts connections before it is (trivmc listens,
+    then its key-maker workers import cryptography and fill the key pool)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_snapshot(pid, with_children=True)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_snapshot(pid, with_children=True)
+        own, kids = cpu_used(last, now)
+        if own + kids < 0.001 and now.children.keys() == last.children.keys():
+            return
+        last = now
+    raise TimeoutError(f"server {pid} still busy after {timeout:g} s")
+
+
 @contextlib.contextmanager
 def server(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     """Run a server process until the block ends; yield it once `port` accepts."""

@@ -24,6 +24,7 @@ from benchmarks.procs import (
     proc_stat_cpu_seconds,
     run_json,
     server,
+    wait_idle,
 )
 from benchmarks.report import (
     CPU,
@@ -199,6 +200,7 @@ def test_children_and_cpu_of_live_processes() -> None:
             assert low - 0.02 <= clock <= high + 2 / ticks  # the same time, finer
             snap = cpu_snapshot(os.getpid(), with_children=True)
             assert child.pid in snap.children and snap.server > 0
+            wait_idle(child.pid, quiet=0.05)  # a sleeping process is done starting
         finally:
             child.kill()
 
