@@ -213,15 +213,17 @@ def main() -> int:
     anchor = anchor_binary()
     if anchor is None:
         print("spice-server anchor not available: its column stays empty", file=sys.stderr)
+    command = command_line(a.quick, a.repeat, a.runs, a.rows)
     tables = []
     for i in range(a.repeat):
         if a.repeat > 1:
             print(f"bench: table {i + 1} of {a.repeat}", file=sys.stderr, flush=True)
         tables.append(table(a.rows, sizes, a.runs, anchor))
         if a.repeat > 1:  # each table as it ends, the combined one at the end
-            print(render(tables[-1], [], "one table"), file=sys.stderr, flush=True)
+            one = render(tables[-1], [], f"{command}, table {i + 1} of {a.repeat}")
+            print(one, file=sys.stderr, flush=True)
     results = combine(tables) if a.repeat > 1 else tables[0]
-    text = render(results, machine(), command_line(a.quick, a.repeat, a.runs, a.rows))
+    text = render(results, machine(), command)
     print(text)
     out = Path(a.out or HERE / "results" / ("partial.md" if a.rows else "latest.md"))
     out.parent.mkdir(parents=True, exist_ok=True)
