@@ -4,10 +4,13 @@ Run with `nox -s bench` (about 7 minutes) or `nox -s bench -- --quick` (about 4)
 Each row runs the same load client, alternately, against trivmc (`trivmc serve`, in its
 own process), the spice-server anchor (`../shared/anchor`, built with its build.sh when
 it can be) and the raw loopback pump (`pump.py`); each figure is the median of `--runs`
-(at least 5), after one warm-up run per server that is not counted. The table is
-printed and written, with the machine, to `benchmarks/results/latest.md`. Ratios are
-trivmc / spice-server from this one run: the machine is shared and noisy, so compare
-nothing across runs.
+(at least 5), after one warm-up run per server that is not counted. Ratios are
+trivmc / spice-server of each pair of runs (the two back to back): their median and
+interquartile range. Throughput rows add each server's CPU seconds per GB. The table
+is printed and written, with the machine, to `benchmarks/results/latest.md` (a run of
+some rows: `partial.md`); `--repeat N` runs it N times and gives the median of the
+medians with their range. The machine is shared and noisy, so compare nothing across
+runs (docs/benchmarks.md).
 """
 
 from __future__ import annotations
