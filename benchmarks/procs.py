@@ -1,4 +1,5 @@
-"""Processes of a benchmark run: servers started and stopped, load clients run, RSS read.
+"""Processes of a benchmark run: servers started and stopped, load clients run, RSS and
+CPU time read.
 
 Every server is a child process on 127.0.0.1 that this module stops (terminate, then
 kill) however the run ends; every client run has a time limit.
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +99,81 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (of every thread of it; Linux
+    /proc/PID/task/*/children). trivmc's key-maker workers are its server's children."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            found += [int(c) for c in task.read_text().split()]
+    return sorted(found)
+
+
+CPUCLOCK_SCHED = 2  # Linux's per-process CPU clock: time on a CPU, in nanoseconds
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds of a whole process, user + system (all its threads, not its children).
+
+    /proc/PID/stat gives user and system time in clock ticks (10 ms here), coarser than
+    a quick run of a throughput row (32 MiB: tens of ms of server CPU); the kernel makes
+    their sum the process's time on a CPU, which its CPU clock (the clock id
+    clock_getcpuclockid gives, CPUCLOCK_SCHED) reads in nanoseconds. `proc_stat_cpu_seconds`
+    is the tick reading (the fallback); both agree to the tick."""
+    try:
+        return time.clock_gettime((~pid << 3) | CPUCLOCK_SCHED)
+    except OSError:  # no such clock (not Linux?): the ticks, or the process is gone
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return proc_stat_cpu_seconds(stat, os.sysconf("SC_CLK_TCK"))
+
+
+def proc_stat_cpu_seconds(stat: str, ticks_per_s: int) -> float:
+    """utime + stime of one /proc/PID/stat line in seconds (the coarse reading; fields 14
+    and 15, counted after the command name, which may hold spaces and parentheses)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / ticks_per_s
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds of a server process and of each of its children, at one instant."""
+
+    server: float
+    children: dict[int, float]
+
+
+def cpu_snapshot(pid: int, with_children: bool = False) -> CpuSnapshot:
+    kids: dict[int, float] = {}
+    for child in children(pid) if with_children else []:
+        with contextlib.suppress(OSError):  # ended meanwhile
+            kids[child] = cpu_seconds(child)
+    return CpuSnapshot(cpu_seconds(pid), kids)
+
+
+def cpu_used(before: CpuSnapshot, after: CpuSnapshot) -> tuple[float, float]:
+    """CPU seconds between two snapshots: (the server process, its children together).
+    A child started in between counts from zero; one that ended in between is not
+    counted (a key-maker worker that died mid-run: rare)."""
+    kids = sum(cpu - before.children.get(pid, 0.0) for pid, cpu in after.children.items())
+    return after.server - before.server, kids
+
+
+def wait_idle(pid: int, quiet: float = 0.3, timeout: float = 20.0) -> None:
+    """Block until a process and its children have used under 1 ms of CPU in `quiet`
+    seconds: done starting. A server accepts connections before it is (trivmc listens,
+    then its key-maker workers import cryptography and fill the key pool)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_snapshot(pid, with_children=True)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = cpu_snapshot(pid, with_children=True)
+        own, kids = cpu_used(last, now)
+        if own + kids < 0.001 and now.children.keys() == last.children.keys():
+            return
+        last = now
+    raise TimeoutError(f"server {pid} still busy after {timeout:g} s")
 
 
 @contextlib.contextmanager

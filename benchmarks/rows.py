@@ -45,6 +45,12 @@ class Row:
     lean: bool = False  # SPICE side driven by link_client.py (trivmc.protocol), not raw_client
     password: str | None = None  # both SPICE servers ask for this ticket (None: no ticketing)
 
+    @property
+    def throughput(self) -> bool:
+        """A row that moves `nbytes` through the device (sink or source): its server CPU
+        is read per GB."""
+        return self.device in ("sink", "source")
+
     def nbytes(self, sizes: Sizes) -> int:
         return sizes.total_small if self.small else sizes.total
 
