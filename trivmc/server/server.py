@@ -563,7 +563,7 @@ class Server:
                         caps = vmc_channel_caps(lz4=not conn.websocket)
                     key = await self._link_key()  # only for a complete, well-formed link
                     await stream.send_all(machine.accept(key.public_der, caps))
-                    events += machine.pending_events()
+                    events += machine.feed(b"")  # events completed by bytes already buffered
                 elif isinstance(ev, TicketReceived):
                     assert mess is not None and key is not None
                     code = verify_ticket(
