@@ -8,7 +8,6 @@ from trivmc.protocol import (
     ChannelType,
     ClientLink,
     CommonCap,
-    KeyPool,
     Linked,
     LinkError,
     LinkEvent,
@@ -141,13 +140,6 @@ def test_ticket_rules(link_key: LinkKey) -> None:
     with pytest.raises(ValueError):
         check_password("x" * 61)
     assert check_password("x" * 60) == b"x" * 60
-
-
-def test_key_pool_never_reuses() -> None:
-    pool = KeyPool(2)
-    assert pool.refill() == 2
-    keys = {pool.take().public_der for _ in range(3)}  # the third is made on demand
-    assert len(keys) == 3 and all(len(k) == 162 for k in keys)
 
 
 @pytest.mark.parametrize(
@@ -291,13 +283,6 @@ def test_client_result_codes(link_key: LinkKey) -> None:
         server.feed(reply_data(client.feed(server.accept(link_key.public_der))))
         (ev,) = client.feed(server.result(code))
         assert isinstance(ev, LinkFailed) and ev.code == code
-
-
-def test_key_pool_refill_n() -> None:
-    pool = KeyPool(3)
-    assert pool.refill(1) == 1 and len(pool) == 1
-    assert pool.refill() == 2 and len(pool) == 3
-    assert pool.refill() == 0
 
 
 def test_verify_ticket_needs_now_with_expiry(link_key: LinkKey) -> None:

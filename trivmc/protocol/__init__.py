@@ -100,7 +100,6 @@ from .messages import (
     name_and_uuid,
 )
 from .ticket import (
-    KeyPool,
     LinkKey,
     check_password,
     encrypt_ticket,
@@ -133,7 +132,6 @@ __all__ = [
     "CompressionType",
     "DecompressError",
     "Disconnecting",
-    "KeyPool",
     "LinkError",
     "LinkEvent",
     "LinkFailed",

@@ -24,7 +24,6 @@ from ..backends import Backend
 from ..protocol import (
     VMC_CHANNEL_TYPES,
     ChannelType,
-    KeyPool,
     LinkError,
     LinkFailed,
     LinkMess,
@@ -44,6 +43,7 @@ from .channel import ChannelOptions, PeerNotReading, PeerUnresponsive, Traffic
 from .config import ServerConfig
 from .events import EventHub, LinkedChannel, basic_info
 from .heap import trim_periodically
+from .keypool import KeyPool
 from .keys import KeyMaker
 from .main_channel import MainChannelClient
 from .session import Session, SessionTable
