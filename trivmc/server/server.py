@@ -45,7 +45,7 @@ from .keypool import KeyPool
 from .keys import KeyMaker
 from .link_policy import LinkPolicy
 from .main_channel import MainChannelClient
-from .session import Session, SessionTable
+from .session import ServerSession, SessionTable
 from .vmc import VmcChannel, VmcChannelClient
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class _Linked:
     mess: LinkMess
     mini_header: bool
     trailing: bytes
-    session: Session | None
+    session: ServerSession | None
 
 
 class Server:
@@ -555,7 +555,7 @@ class Server:
                         expiry=self.ticket_expiry,
                         now=time.time(),
                     )
-                    session: Session | None = None
+                    session: ServerSession | None = None
                     if code == LinkError.OK and mess.channel_type != ChannelType.MAIN:
                         session = self.sessions.get(mess.connection_id)
                         if session is None:
@@ -644,7 +644,7 @@ class Server:
         linked: _Linked,
         conn: _Conn,
         channel: VmcChannel,
-        session: Session,
+        session: ServerSession,
     ) -> None:
         lz4 = self.policy.client_lz4(linked.mess, conn)
         client = VmcChannelClient(stream, opts, channel=channel, peer_lz4=lz4)
