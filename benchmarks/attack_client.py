@@ -30,6 +30,7 @@ from trivmc.protocol import (
     ChannelType,
     ClientLink,
     LinkFailed,
+    LinkReplyReceived,
     MainInit,
     MessageDecoder,
     MessageEncoder,
@@ -53,7 +54,8 @@ def link(port: int, conn_id: int, ctype: int, caps: list[int]) -> tuple[socket.s
         for ev in machine.feed(data):
             if isinstance(ev, LinkFailed):
                 raise ConnectionError(f"link refused: {ev.code.name}")
-        sock.sendall(machine.data_to_send())
+            if isinstance(ev, LinkReplyReceived):
+                sock.sendall(ev.data)
     return sock, machine.trailing
 
 

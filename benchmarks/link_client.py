@@ -25,6 +25,7 @@ from trivmc.protocol import (
     ClientLink,
     Linked,
     LinkFailed,
+    LinkReplyReceived,
     MainInit,
     MessageDecoder,
     MessageEncoder,
@@ -54,11 +55,10 @@ class Linked1:
             for ev in machine.feed(data):
                 if isinstance(ev, LinkFailed):
                     raise ConnectionError(f"link refused: {ev.code.name}")
+                if isinstance(ev, LinkReplyReceived):
+                    self.sock.sendall(ev.data)
                 if isinstance(ev, Linked):
                     linked = ev
-            out = machine.data_to_send()
-            if out:
-                self.sock.sendall(out)
         self.encoder = MessageEncoder(linked.mini_header)
         self.decoder = MessageDecoder(linked.mini_header, 1 << 20)
         self.pending = list(self.decoder.feed(machine.trailing))

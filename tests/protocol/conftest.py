@@ -1,8 +1,8 @@
 import pytest
 
-from trivmc.protocol import KeyPool, LinkKey
+from trivmc.protocol import LinkKey, generate_key
 
 
 @pytest.fixture(scope="session")
 def link_key() -> LinkKey:
-    return KeyPool(1).take()
+    return generate_key()

@@ -16,11 +16,11 @@ from trivmc.protocol import (
 
 def test_client_link_sends_nothing_when_the_server_key_is_bad() -> None:
     """An OK reply whose public key is not RSA-1024 fails the link; the client used to
-    queue the AUTH_SPICE mechanism word first and leave it in `data_to_send()`."""
+    queue the AUTH_SPICE mechanism word first and leave it to be sent."""
     common = tuple(caps_to_words(SERVER_COMMON_CAPS))
     reply = encode_reply(LinkReply(LinkError.OK, b"\x30" + bytes(161), common, ()))
     client = ClientLink(0, ChannelType.MAIN, 0)
     client.initiate()
     (event,) = client.feed(reply)
     assert isinstance(event, LinkFailed) and event.code == LinkError.INVALID_DATA
-    assert client.data_to_send() == b""
+    assert event.data == b""

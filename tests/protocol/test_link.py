@@ -8,9 +8,9 @@ from trivmc.protocol import (
     ChannelType,
     ClientLink,
     CommonCap,
-    KeyPool,
     Linked,
     LinkError,
+    LinkEvent,
     LinkFailed,
     LinkKey,
     LinkReplyReceived,
@@ -33,6 +33,7 @@ def exchange(
     """Run a whole link, feeding the server in `chunk`-byte pieces."""
     server = ServerLink()
     seen: list[object] = []
+    to_server = bytearray()
 
     def feed_server(data: bytes) -> None:
         for i in range(0, len(data), chunk):
@@ -42,7 +43,9 @@ def exchange(
                     caps = [VmcCap.DATA_COMPRESS_LZ4] if ev.mess.channel_type != 1 else []
                     for cev in client.feed(server.accept(key.public_der, caps)):
                         seen.append(cev)
-                    for more in server.pending_events():
+                        if isinstance(cev, LinkReplyReceived):
+                            to_server.extend(cev.data)
+                    for more in server.feed(b""):
                         seen.append(more)
                 elif isinstance(ev, TicketReceived):
                     code = verify_ticket(key, ev.ticket, password)
@@ -50,8 +53,15 @@ def exchange(
                         seen.append(cev)
 
     feed_server(client.initiate())
-    feed_server(client.data_to_send())
+    feed_server(bytes(to_server))
     return server, seen
+
+
+def reply_data(events: list[LinkEvent]) -> bytes:
+    """What the client writes after the server's reply (`LinkReplyReceived.data`)."""
+    (ev,) = events
+    assert isinstance(ev, LinkReplyReceived), ev
+    return ev.data
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
@@ -132,13 +142,6 @@ def test_ticket_rules(link_key: LinkKey) -> None:
     assert check_password("x" * 60) == b"x" * 60
 
 
-def test_key_pool_never_reuses() -> None:
-    pool = KeyPool(2)
-    assert pool.refill() == 2
-    keys = {pool.take().public_der for _ in range(3)}  # the third is made on demand
-    assert len(keys) == 3 and all(len(k) == 162 for k in keys)
-
-
 @pytest.mark.parametrize(
     ("client_mini", "server_mini", "expected"),
     [(True, True, True), (False, True, False), (True, False, False)],
@@ -164,9 +167,8 @@ def run_link(key: LinkKey, client: ClientLink, server: ServerLink) -> Linked:
         for ev in server.feed(data):
             if isinstance(ev, LinkRequest):
                 reply = server.accept(key.public_der, [VmcCap.DATA_COMPRESS_LZ4])
-                evs = client.feed(reply) + server.pending_events()
-                assert not any(isinstance(e, LinkFailed) for e in evs), evs
-                to_server += client.data_to_send()
+                to_server += reply_data(client.feed(reply))
+                assert server.feed(b"") == []
             elif isinstance(ev, TicketReceived):
                 (linked,) = client.feed(server.result(verify_ticket(key, ev.ticket, None)))
                 assert isinstance(linked, Linked), linked
@@ -181,8 +183,7 @@ def test_server_without_auth_selection_reads_ticket_directly(link_key: LinkKey) 
     client = ClientLink(0, ChannelType.MAIN, 0)  # the client sets AUTH_SELECTION
     server.feed(client.initiate())
     assert not server.expects_mechanism
-    client.feed(server.accept(link_key.public_der))
-    out = client.data_to_send()
+    out = reply_data(client.feed(server.accept(link_key.public_der)))
     assert len(out) == 128  # no mechanism word: only one side selects
     (ev,) = server.feed(out)
     assert isinstance(ev, TicketReceived)
@@ -193,8 +194,7 @@ def test_mechanism_sent_when_both_select(link_key: LinkKey) -> None:
     client = ClientLink(0, ChannelType.MAIN, 0)
     server.feed(client.initiate())
     assert server.expects_mechanism
-    client.feed(server.accept(link_key.public_der))
-    out = client.data_to_send()
+    out = reply_data(client.feed(server.accept(link_key.public_der)))
     assert len(out) == 4 + 128 and out[:4] == b"\x01\x00\x00\x00"
 
 
@@ -218,8 +218,8 @@ def test_server_trailing_data_after_ticket(link_key: LinkKey) -> None:
     client = ClientLink(0, ChannelType.MAIN, 0)
     server = ServerLink()
     server.feed(client.initiate())
-    client.feed(server.accept(link_key.public_der))
-    (ev,) = server.feed(client.data_to_send() + b"\x68\x00\x00")
+    out = reply_data(client.feed(server.accept(link_key.public_der)))
+    (ev,) = server.feed(out + b"\x68\x00\x00")
     assert isinstance(ev, TicketReceived)
     server.feed(b"\x00\x00\x00")
     assert server.result(LinkError.OK) == bytes(4)
@@ -236,7 +236,7 @@ def test_pipelined_mechanism_and_ticket_before_accept(link_key: LinkKey) -> None
     (req,) = server.feed(client.initiate() + ticket)
     assert isinstance(req, LinkRequest)
     server.accept(link_key.public_der)
-    (ev,) = server.pending_events()
+    (ev,) = server.feed(b"")  # the events of bytes buffered before accept()
     assert isinstance(ev, TicketReceived) and ev.ticket == bytes(128)
     assert server.result(LinkError.PERMISSION_DENIED) == b"\x07\x00\x00\x00"
     assert not server.done
@@ -280,17 +280,9 @@ def test_client_result_codes(link_key: LinkKey) -> None:
         client.initiate()
         server = ServerLink()
         server.feed(client.initiate())
-        client.feed(server.accept(link_key.public_der))
-        server.feed(client.data_to_send())
+        server.feed(reply_data(client.feed(server.accept(link_key.public_der))))
         (ev,) = client.feed(server.result(code))
         assert isinstance(ev, LinkFailed) and ev.code == code
-
-
-def test_key_pool_refill_n() -> None:
-    pool = KeyPool(3)
-    assert pool.refill(1) == 1 and len(pool) == 1
-    assert pool.refill() == 2 and len(pool) == 3
-    assert pool.refill() == 0
 
 
 def test_verify_ticket_needs_now_with_expiry(link_key: LinkKey) -> None:

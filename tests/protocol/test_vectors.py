@@ -12,6 +12,7 @@ from trivmc.protocol import (
     LinkHeader,
     LinkMess,
     LinkReply,
+    LinkReplyReceived,
     LinkRequest,
     MainChannelsList,
     MainInit,
@@ -153,8 +154,9 @@ def test_server_accept_bytes_match_section_9(link_key) -> None:  # type: ignore[
         assert out[20:182] == link_key.public_der
         assert out[182:] == H(tail + channel_word)
         # the client answers with mechanism AUTH_SPICE then the 128-byte ticket
-        mess.feed(out)
-        sent = mess.data_to_send()
+        (got,) = mess.feed(out)
+        assert isinstance(got, LinkReplyReceived)
+        sent = got.data
         assert sent[:4] == H("01000000") and len(sent) == 132
         (ticket,) = server.feed(sent)
         assert isinstance(ticket, TicketReceived)

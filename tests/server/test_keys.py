@@ -11,10 +11,11 @@ import trio.testing
 
 from trivmc.client import SpiceLinkError
 from trivmc.client.session import link_channel, parse_uri
-from trivmc.protocol import ChannelType, KeyPool
+from trivmc.protocol import ChannelType
 from trivmc.protocol.ticket import LinkKey, generate_key
 from trivmc.server import Server
 from trivmc.server import keys as keys_module
+from trivmc.server.keypool import KeyPool
 from trivmc.server.keys import KeyMaker
 
 from .test_bad_input import ECHO, serving, still_serves
@@ -328,3 +329,17 @@ async def test_password_less_links_also_defer_a_refill(
             await maker.wait_full()
         assert maker.made_in_process == made + 1
         nursery.cancel_scope.cancel()
+
+
+def test_key_pool_refill_n() -> None:
+    pool = KeyPool(3)
+    assert pool.refill(1) == 1 and len(pool) == 1
+    assert pool.refill() == 2 and len(pool) == 3
+    assert pool.refill() == 0
+
+
+def test_key_pool_never_reuses() -> None:
+    pool = KeyPool(2)
+    assert pool.refill() == 2
+    keys = {pool.take().public_der for _ in range(3)}  # the third is made on demand
+    assert len(keys) == 3 and all(len(k) == 162 for k in keys)

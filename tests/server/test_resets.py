@@ -107,8 +107,9 @@ async def linked_socket(
         while not machine.done:
             data = await sock.recv(65536)
             assert data, "link refused"
-            machine.feed(data)
-            await send(sock, machine.data_to_send())
+            for ev in machine.feed(data):
+                if isinstance(ev, LinkReplyReceived):
+                    await send(sock, ev.data)
     return sock, machine.trailing
 
 
@@ -153,11 +154,11 @@ async def mid_ticket(t: Target) -> trio.socket.SocketType:
     machine, first = link_bytes()
     await send(sock, first)
     with trio.fail_after(10):
-        while not any(
-            isinstance(e, LinkReplyReceived) for e in machine.feed(await sock.recv(4096))
-        ):
-            pass
-    await send(sock, machine.data_to_send()[:70])
+        reply: list[LinkReplyReceived] = []
+        while not reply:
+            evs = machine.feed(await sock.recv(4096))
+            reply = [e for e in evs if isinstance(e, LinkReplyReceived)]
+    await send(sock, reply[0].data[:70])
     await until_server_idle()
     return sock
 

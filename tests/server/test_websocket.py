@@ -31,7 +31,7 @@ from wsproto.events import (
 from trivmc.backends import EchoBackend
 from trivmc.client import SpiceLinkError, connect
 from trivmc.client.session import Address, link_channel
-from trivmc.protocol import ChannelType, ClientLink, Linked, LinkError, MainCap
+from trivmc.protocol import ChannelType, ClientLink, Linked, LinkError, LinkReplyReceived, MainCap
 from trivmc.server import Server, ServerConfig
 from trivmc.transport import WebSocketError
 
@@ -156,9 +156,8 @@ async def test_link_in_fragments_ping_answered() -> None:
                         elif isinstance(ev, BytesMessage):
                             for lev in link.feed(ev.data):
                                 linked = linked or isinstance(lev, Linked)
-                            out = link.data_to_send()
-                            if out:
-                                await client.send(BytesMessage(data=out))
+                                if isinstance(lev, LinkReplyReceived):
+                                    await client.send(BytesMessage(data=lev.data))
             assert linked
 
 

@@ -28,6 +28,7 @@ from ..protocol import (
     Linked,
     LinkError,
     LinkFailed,
+    LinkReplyReceived,
     MainCap,
     MainChannelsList,
     MainInit,
@@ -219,6 +220,8 @@ async def _link_once(
             for ev in machine.feed(data):
                 if isinstance(ev, LinkFailed):
                     raise SpiceLinkError(ev.code, f"link refused: {ev.code.name} ({ev.reason})")
+                if isinstance(ev, LinkReplyReceived):
+                    await stream.send_all(ev.data)
                 if isinstance(ev, Linked):
                     return LinkedStream(
                         stream,
@@ -228,9 +231,6 @@ async def _link_once(
                         machine.trailing,
                         secure,
                     )
-            out = machine.data_to_send()
-            if out:
-                await stream.send_all(out)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise

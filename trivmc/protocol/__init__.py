@@ -42,28 +42,30 @@ from .framing import (
     MessageDecoder,
     MessageEncoder,
 )
-from .link import (
+from .link_client import ClientLink
+from .link_codec import (
     CLIENT_COMMON_CAPS,
     LINK_HEADER_SIZE,
     LINK_MESS_SIZE,
     LINK_REPLY_SIZE,
     MAX_LINK_SIZE,
     SERVER_COMMON_CAPS,
-    ClientLink,
-    Linked,
-    LinkEvent,
-    LinkFailed,
     LinkHeader,
     LinkMess,
     LinkReply,
-    LinkReplyReceived,
-    LinkRequest,
-    ServerLink,
-    TicketReceived,
     encode_reply,
     encode_result,
     error_reply,
 )
+from .link_events import (
+    Linked,
+    LinkEvent,
+    LinkFailed,
+    LinkReplyReceived,
+    LinkRequest,
+    TicketReceived,
+)
+from .link_server import ServerLink
 from .lz4rules import (
     COMPRESSED_HEAD_SIZE,
     compress_body,
@@ -98,7 +100,6 @@ from .messages import (
     name_and_uuid,
 )
 from .ticket import (
-    KeyPool,
     LinkKey,
     check_password,
     encrypt_ticket,
@@ -131,7 +132,6 @@ __all__ = [
     "CompressionType",
     "DecompressError",
     "Disconnecting",
-    "KeyPool",
     "LinkError",
     "LinkEvent",
     "LinkFailed",

@@ -1,11 +1,10 @@
-"""The SPICE ticket: RSA-1024 keys (from a pool made ahead of time; trivmc's server
-gives a fresh one to every link while a password is set), OAEP(SHA-1) encrypt/decrypt
-of the 128-byte ticket, and the password rules."""
+"""The SPICE ticket: RSA-1024 link keys, OAEP(SHA-1) encrypt/decrypt of the 128-byte
+ticket, and the password rules. (Pooling keys ahead of time is the server's business:
+`trivmc.server.keypool`.)"""
 
 from __future__ import annotations
 
 import hmac
-from collections import deque
 from dataclasses import dataclass
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -57,51 +56,8 @@ class LinkKey:
 
 def generate_key() -> LinkKey:
     """A fresh RSA-1024 key (e = 65537); costs ~10 ms of CPU: keep it off the link path
-    (see `KeyPool`)."""
+    (trivmc's server pools them: `trivmc.server.keypool.KeyPool`)."""
     return LinkKey.from_private(rsa.generate_private_key(public_exponent=65537, key_size=1024))
-
-
-class KeyPool:
-    """Keys generated ahead of time so no link waits for key generation.
-
-    Each key is handed out once (`take`), never reused. Keys come in through `add`
-    (trivmc's server makes them in worker processes, off its event loop's CPU and
-    GIL) or `refill()` (generates here, blocking). `take`, `add` and `refill` may run
-    in different threads: the pool is a deque whose append/popleft are atomic.
-    """
-
-    def __init__(self, size: int = 4) -> None:
-        self.size = size
-        self._keys: deque[LinkKey] = deque()
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-    @property
-    def wanted(self) -> int:
-        """How many keys would fill the pool."""
-        return max(0, self.size - len(self._keys))
-
-    def add(self, key: LinkKey) -> None:
-        self._keys.append(key)
-
-    def take(self) -> LinkKey:
-        """A never-used key: from the pool, or generated now when the pool is empty."""
-        try:
-            return self._keys.popleft()
-        except IndexError:
-            return generate_key()
-
-    def refill(self, n: int | None = None) -> int:
-        """Generate keys until the pool holds `size` (or at most `n` more, when given);
-        return how many were added. Blocking: call it off the link path."""
-        added = 0
-        while len(self._keys) < self.size and (n is None or added < n):
-            key = generate_key()
-            key.warm()
-            self._keys.append(key)
-            added += 1
-        return added
 
 
 def check_password(password: str | bytes | None) -> bytes | None:

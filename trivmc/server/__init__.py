@@ -4,7 +4,7 @@ from .channel import ChannelClient, ChannelOptions
 from .config import ServerConfig
 from .main_channel import MainChannelClient
 from .server import Server, running_server
-from .session import Session, SessionTable
+from .session import ServerSession, SessionTable
 from .vmc import VmcChannel, VmcChannelClient
 
 __all__ = [
@@ -13,7 +13,7 @@ __all__ = [
     "MainChannelClient",
     "Server",
     "ServerConfig",
-    "Session",
+    "ServerSession",
     "SessionTable",
     "VmcChannel",
     "VmcChannelClient",

@@ -53,8 +53,8 @@ from pathlib import Path
 
 import trio
 
-from ..protocol import KeyPool
 from ..protocol.ticket import LinkKey
+from .keypool import KeyPool
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +22,7 @@ import trio
 
 from ..backends import Backend
 from ..protocol import (
-    VMC_CHANNEL_TYPES,
     ChannelType,
-    KeyPool,
     LinkError,
     LinkFailed,
     LinkMess,
@@ -32,7 +30,6 @@ from ..protocol import (
     ProtocolError,
     ServerLink,
     TicketReceived,
-    VmcCap,
     check_password,
     verify_ticket,
 )
@@ -44,10 +41,12 @@ from .channel import ChannelOptions, PeerNotReading, PeerUnresponsive, Traffic
 from .config import ServerConfig
 from .events import EventHub, LinkedChannel, basic_info
 from .heap import trim_periodically
+from .keypool import KeyPool
 from .keys import KeyMaker
+from .link_policy import LinkPolicy
 from .main_channel import MainChannelClient
-from .session import Session, SessionTable
-from .vmc import VmcChannel, VmcChannelClient, vmc_channel_caps
+from .session import ServerSession, SessionTable
+from .vmc import VmcChannel, VmcChannelClient
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ class _Linked:
     mess: LinkMess
     mini_header: bool
     trailing: bytes
-    session: Session | None
+    session: ServerSession | None
 
 
 class Server:
@@ -106,6 +105,7 @@ class Server:
             self.config.max_pending_links, self.config.max_pending_per_source
         )
         self.channels: dict[tuple[int, int], VmcChannel] = {}
+        self.policy = LinkPolicy(self.config, self._channel_available)
         self._channel_tasks: dict[tuple[int, int], _ChannelTask] = {}
         self.links_refused = 0
         self.links_refused_by: Counter[LinkError] = Counter()  # by the code sent
@@ -503,20 +503,10 @@ class Server:
         self.links_refused_by[code] += 1
         log.warning("%s: link refused (%s): %s", peer, code.name, why)
 
-    def _check_channel(self, mess: LinkMess, conn: _Conn) -> LinkError:
-        if mess.channel_type == ChannelType.MAIN:
-            return LinkError.OK if mess.channel_id == 0 else LinkError.CHANNEL_NOT_AVAILABLE
-        channel = self.channels.get((mess.channel_type, mess.channel_id))
-        if channel is None or not channel.available:
-            return LinkError.CHANNEL_NOT_AVAILABLE
-        if conn.websocket and mess.channel_type == ChannelType.USBREDIR:
-            return LinkError.CHANNEL_NOT_AVAILABLE  # not offered to browsers
-        return LinkError.OK
-
-    def _offered_to(self, conn: _Conn) -> Callable[[tuple[int, int]], bool]:
-        """Whether a channel is for this connection's session: usbredir only off
-        WebSocket (browsers have no USB redirection)."""
-        return lambda key: not (conn.websocket and key[0] == ChannelType.USBREDIR)
+    def _channel_available(self, key: tuple[int, int]) -> bool:
+        """A VMC channel is hosted here and its backend is open (for `self.policy`)."""
+        channel = self.channels.get(key)
+        return channel is not None and channel.available
 
     async def _link_key(self) -> LinkKey:
         """The RSA key of one link, taken once its link message is complete: a never-used
@@ -547,23 +537,15 @@ class Server:
                     return None
                 if isinstance(ev, LinkRequest):
                     mess = ev.mess
-                    code = self.config.link_security(mess.channel_type, conn.secure)
-                    why = "must be secure" if code == LinkError.NEED_SECURED else "must be plain"
-                    if code == LinkError.OK:
-                        code = self._check_channel(mess, conn)
-                        why = "not hosted"
+                    code, why = self.policy.check(mess, conn)
                     if code != LinkError.OK:
-                        self._refuse(
-                            peer, code, f"channel {mess.channel_type}:{mess.channel_id} {why}"
-                        )
+                        self._refuse(peer, code, why)
                         await stream.send_all(machine.refuse(code))
                         return None
-                    caps = []
-                    if mess.channel_type in VMC_CHANNEL_TYPES:
-                        caps = vmc_channel_caps(lz4=not conn.websocket)
                     key = await self._link_key()  # only for a complete, well-formed link
+                    caps = self.policy.caps_for(mess, conn)
                     await stream.send_all(machine.accept(key.public_der, caps))
-                    events += machine.pending_events()
+                    events += machine.feed(b"")  # events completed by bytes already buffered
                 elif isinstance(ev, TicketReceived):
                     assert mess is not None and key is not None
                     code = verify_ticket(
@@ -573,12 +555,12 @@ class Server:
                         expiry=self.ticket_expiry,
                         now=time.time(),
                     )
-                    session: Session | None = None
+                    session: ServerSession | None = None
                     if code == LinkError.OK and mess.channel_type != ChannelType.MAIN:
                         session = self.sessions.get(mess.connection_id)
                         if session is None:
                             code = LinkError.BAD_CONNECTION_ID
-                        elif self._check_channel(mess, conn) != LinkError.OK:
+                        elif self.policy.channel_status(mess, conn) != LinkError.OK:
                             code = LinkError.CHANNEL_NOT_AVAILABLE
                     await stream.send_all(machine.result(code))
                     if code != LinkError.OK:
@@ -631,7 +613,7 @@ class Server:
     ) -> None:
         session = self.sessions.create()
         self._initialized(conn, session.connection_id, linked.mess)
-        offered = self._offered_to(conn)
+        offered = self.policy.offered_to(conn)
         client = MainChannelClient(
             stream,
             opts,
@@ -662,9 +644,9 @@ class Server:
         linked: _Linked,
         conn: _Conn,
         channel: VmcChannel,
-        session: Session,
+        session: ServerSession,
     ) -> None:
-        lz4 = linked.mess.has_channel(VmcCap.DATA_COMPRESS_LZ4) and not conn.websocket
+        lz4 = self.policy.client_lz4(linked.mess, conn)
         client = VmcChannelClient(stream, opts, channel=channel, peer_lz4=lz4)
         client.connection_id = session.connection_id
         self._initialized(conn, session.connection_id, linked.mess)

@@ -11,7 +11,7 @@ import trio
 log = logging.getLogger(__name__)
 
 
-class Session:
+class ServerSession:
     """A client's session. Cancelling `scope` closes its main and every VMC channel.
 
     Guarantee: once `close()` ran, `alive` is False and no channel may join it.
@@ -53,21 +53,21 @@ class SessionTable:
 
     def __init__(self, multi_session: bool) -> None:
         self.multi_session = multi_session
-        self._sessions: dict[int, Session] = {}
+        self._sessions: dict[int, ServerSession] = {}
         self.created = 0  # sessions created so far
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def __iter__(self) -> Iterator[Session]:
+    def __iter__(self) -> Iterator[ServerSession]:
         """The live sessions (a snapshot: safe while sessions come and go)."""
         return iter([s for s in self._sessions.values() if s.alive])
 
-    def get(self, connection_id: int) -> Session | None:
+    def get(self, connection_id: int) -> ServerSession | None:
         s = self._sessions.get(connection_id)
         return s if s is not None and s.alive else None
 
-    def create(self) -> Session:
+    def create(self) -> ServerSession:
         """A new session with a fresh random non-zero u32 id (replacing others unless
         multi-session)."""
         if not self.multi_session:
@@ -78,12 +78,12 @@ class SessionTable:
             cid = secrets.randbits(32)
             if cid and cid not in self._sessions:
                 break
-        session = Session(cid)
+        session = ServerSession(cid)
         self._sessions[cid] = session
         self.created += 1
         return session
 
-    def remove(self, session: Session) -> None:
+    def remove(self, session: ServerSession) -> None:
         """Close `session` and forget it (idempotent)."""
         session.close()
         if self._sessions.get(session.connection_id) is session:

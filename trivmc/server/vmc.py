@@ -34,7 +34,6 @@ from ..protocol import (
     MsgVmc,
     PortEventMsg,
     PortInit,
-    VmcCap,
     decompress_body,
     vmc_payload,
 )
@@ -304,8 +303,3 @@ class VmcChannel:
                 self.traffic.add(client)
                 self.client = None
                 self._client_gone.set()
-
-
-def vmc_channel_caps(lz4: bool = True) -> list[int]:
-    """What a trivmc server advertises on a VMC channel (LZ4 unless told not to)."""
-    return [VmcCap.DATA_COMPRESS_LZ4] if lz4 else []
