@@ -69,7 +69,7 @@ def idle_counters(servers: Sequence[Server]) -> list[Counter]:
                 (f"{at}: device.buffered_bytes", device.buffered_bytes, 0),
                 (f"{at}: device.idle", device.idle, True),
                 (f"{at}: chardev.connected", chardev.connected, False),
-                (f"{at}: chardev.blocked", chardev.blocked, False),
+                (f"{at}: chardev.pending_size", chardev.pending_size, 0),
             ]
             if client is not None:
                 out.append((f"{at}: client.queued_bytes", client.queued_bytes, 0))

@@ -82,7 +82,6 @@ class SpiceChardev:
         self.fe_open = subtype is DeviceSubtype.USBREDIR and not getattr(
             backend, "opens_later", False
         )
-        self.blocked = False
         self._pending: deque[DeviceData] = deque()
         self._pending_size = 0
         self._drained = trio.Event()
@@ -134,8 +133,7 @@ class SpiceChardev:
             out = b"".join(parts)
         self._pending_size -= len(out)
         if not pending:
-            self.blocked = False
-            self._drained.set()
+                self._drained.set()
             self._drained = trio.Event()
         if self.device is not None:
             # room freed: a backend that echoes may take client data again
@@ -160,8 +158,7 @@ class SpiceChardev:
             # QEMU drops guest output while no client is connected
             self._pending.clear()
             self._pending_size = 0
-            self.blocked = False
-            self._drained.set()
+                self._drained.set()
             self._drained = trio.Event()
         self._connected_changed.set()
         self._connected_changed = trio.Event()
@@ -188,7 +185,6 @@ class SpiceChardev:
             log.debug("no client: discarding %d bytes", len(data))
             return len(data)
         if self._pending_size >= PENDING_LIMIT:
-            self.blocked = True
             return 0
         if self.recorder is not None:
             self.recorder.data(_TO_CLIENT, data)
