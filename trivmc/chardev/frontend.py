@@ -133,7 +133,7 @@ class SpiceChardev:
             out = b"".join(parts)
         self._pending_size -= len(out)
         if not pending:
-                self._drained.set()
+            self._drained.set()
             self._drained = trio.Event()
         if self.device is not None:
             # room freed: a backend that echoes may take client data again
@@ -158,7 +158,7 @@ class SpiceChardev:
             # QEMU drops guest output while no client is connected
             self._pending.clear()
             self._pending_size = 0
-                self._drained.set()
+            self._drained.set()
             self._drained = trio.Event()
         self._connected_changed.set()
         self._connected_changed = trio.Event()
