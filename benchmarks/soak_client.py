@@ -35,9 +35,7 @@ from typing import Protocol
 
 import trio
 
-from trivmc.client import connect
-from trivmc.client.channel import VmcChannel
-from trivmc.client.session import Session
+from trivmc.client import ChannelStream, Session, connect
 from trivmc.protocol import ChannelType, MsgcVmc, PortEvent
 
 from .soak_server import port_name
@@ -328,7 +326,7 @@ class Load:
         return False
 
     async def _serve(
-        self, s: SoakSession, spice: Session, channel: VmcChannel, first: bool
+        self, s: SoakSession, spice: Session, channel: ChannelStream, first: bool
     ) -> None:
         s.linked = True
         s.port_open = bool(channel.opened)  # PORT_INIT's state; PORT_EVENTs follow
@@ -355,7 +353,7 @@ class Load:
 
     # ---- what a session does ------------------------------------------------------
 
-    async def _sender(self, s: SoakSession, channel: VmcChannel) -> None:
+    async def _sender(self, s: SoakSession, channel: ChannelStream) -> None:
         stats = self.stats
         delay = s.rng.uniform(0, START_SPREAD)  # all active early in the warm-up round
         try:
@@ -395,7 +393,7 @@ class Load:
         finally:
             s.sender_done.set()
 
-    async def _send_small_batch(self, s: SoakSession, channel: VmcChannel) -> None:
+    async def _send_small_batch(self, s: SoakSession, channel: ChannelStream) -> None:
         """Up to SMALL_BATCH bytes of the burst as small DATA messages in one write:
         cheap for this client, one token each for the server."""
         sizes: list[int] = []
@@ -424,7 +422,7 @@ class Load:
             await s.sender_done.wait()
         s.sender_scope.cancel()
 
-    async def _receiver(self, s: SoakSession, channel: VmcChannel) -> None:
+    async def _receiver(self, s: SoakSession, channel: ChannelStream) -> None:
         stats = self.stats
         try:
             while True:
@@ -445,7 +443,7 @@ class Load:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             self._lost(s, f"receive failed: {e}")
 
-    async def _port_events(self, s: SoakSession, channel: VmcChannel) -> None:
+    async def _port_events(self, s: SoakSession, channel: ChannelStream) -> None:
         try:
             while True:
                 event = await channel.next_event()
@@ -491,7 +489,7 @@ class Load:
                 return text
         return text + "; they are no session's"
 
-    async def _act(self, s: SoakSession, spice: Session, channel: VmcChannel) -> None:
+    async def _act(self, s: SoakSession, spice: Session, channel: ChannelStream) -> None:
         kind = s.command
         now = trio.current_time()
         if kind == "finish":
@@ -530,7 +528,7 @@ class Load:
                 await s.events_changed.wait()
             self.stats.drops_seen += 1
 
-    async def _reset(self, s: SoakSession, spice: Session, channel: VmcChannel) -> None:
+    async def _reset(self, s: SoakSession, spice: Session, channel: ChannelStream) -> None:
         """Part of one more DATA message, then RST on the port and main sockets."""
         size = write_size(s.rng)
         message = channel.conn.encoder.encode(MsgcVmc.DATA, pattern(s.uid, s.sent, size))

@@ -29,8 +29,7 @@ import trustme
 
 from trivmc.backends import EchoBackend
 from trivmc.cli import build_parser
-from trivmc.client import connect
-from trivmc.client.channel import VmcChannel
+from trivmc.client import ChannelStream, connect
 from trivmc.control.client import control_client
 from trivmc.control.listener import inherited_control_address
 from trivmc.server import Server, ServerConfig
@@ -147,7 +146,7 @@ async def serve_activated(
             await proc.wait()
 
 
-async def echo_through(channel: VmcChannel, data: bytes) -> None:
+async def echo_through(channel: ChannelStream, data: bytes) -> None:
     await channel.send_all(data)
     got = b""
     with trio.fail_after(10):
@@ -156,7 +155,7 @@ async def echo_through(channel: VmcChannel, data: bytes) -> None:
     assert got == data
 
 
-async def read_until(channel: VmcChannel, marker: bytes) -> bytes:
+async def read_until(channel: ChannelStream, marker: bytes) -> bytes:
     got = b""
     with trio.fail_after(10):
         while marker not in got:

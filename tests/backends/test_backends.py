@@ -22,7 +22,7 @@ from trivmc.backends import (
     UnixListenBackend,
     parse_backend,
 )
-from trivmc.client import VmcChannel, connect
+from trivmc.client import ChannelStream, connect
 from trivmc.protocol import PortEvent
 from trivmc.server import Server, ServerConfig
 
@@ -48,7 +48,7 @@ async def read_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
     return bytes(out)
 
 
-async def wait_opened(ch: VmcChannel) -> None:
+async def wait_opened(ch: ChannelStream) -> None:
     with trio.fail_after(10):
         while not ch.opened:
             assert await ch.next_event() in (PortEvent.OPENED, PortEvent.CLOSED)

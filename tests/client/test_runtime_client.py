@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from trivmc.backends import EchoBackend
-from trivmc.client import SpiceLinkError, connect
+from trivmc.client import ChannelNotFound, SpiceLinkError, connect
 from trivmc.protocol import ChannelType, LinkError
 from trivmc.server import Server, ServerConfig
 
@@ -97,7 +97,7 @@ async def test_open_port_skips_a_removed_port() -> None:
         assert session.channel_list == [(PORT_T, 0), (PORT_T, 1)]  # still listed
         b = await session.open_port("org.trivmc.b.0")  # port 0 is tried first
         await echoes(b)
-        with pytest.raises(LookupError, match=r"no port channel named 'org\.trivmc\.a\.0'$"):
+        with pytest.raises(ChannelNotFound, match=r"no port channel named 'org\.trivmc\.a\.0'$"):
             await session.open_port("org.trivmc.a.0")
         with pytest.raises(SpiceLinkError) as refused:
             await session.open_channel(PORT_T, 0)  # linking it by id says why

@@ -18,7 +18,8 @@ import trio.testing
 from trivmc.backends import EchoBackend
 from trivmc.chardev import ChrEvent
 from trivmc.client import SpiceLinkError, connect
-from trivmc.client.session import MessageConnection, link_channel, parse_uri
+from trivmc.client.address import parse_uri
+from trivmc.client.connection import MessageConnection, link_channel
 from trivmc.protocol import (
     ChannelType,
     LinkError,

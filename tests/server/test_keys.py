@@ -10,7 +10,8 @@ import trio
 import trio.testing
 
 from trivmc.client import SpiceLinkError
-from trivmc.client.session import link_channel, parse_uri
+from trivmc.client.address import parse_uri
+from trivmc.client.connection import link_channel
 from trivmc.protocol import ChannelType
 from trivmc.protocol.ticket import LinkKey, generate_key
 from trivmc.server import Server

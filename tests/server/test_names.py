@@ -10,7 +10,8 @@ import trio
 
 from trivmc.backends import EchoBackend
 from trivmc.client import connect
-from trivmc.client.session import MessageConnection, link_channel, parse_uri
+from trivmc.client.address import parse_uri
+from trivmc.client.connection import MessageConnection, link_channel
 from trivmc.protocol import MainCap, MainChannelsList, MainName, MainUuid, MsgcMain, MsgMain
 from trivmc.server import Server, ServerConfig
 

@@ -22,7 +22,8 @@ import trio.testing
 from trivmc.backends import EchoBackend, parse_backend
 from trivmc.chardev import SpiceChardev
 from trivmc.client import SpiceLinkError, connect
-from trivmc.client.session import MessageConnection, link_channel, parse_uri
+from trivmc.client.address import parse_uri
+from trivmc.client.connection import MessageConnection, link_channel
 from trivmc.protocol import (
     ChannelType,
     LinkError,

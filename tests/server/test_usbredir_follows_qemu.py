@@ -11,7 +11,9 @@ import trio.testing
 
 from trivmc.backends import TcpConnectBackend
 from trivmc.client import SpiceLinkError, connect
-from trivmc.client.session import Session, link_channel, parse_uri
+from trivmc.client.address import parse_uri
+from trivmc.client.connection import link_channel
+from trivmc.client.session import Session
 from trivmc.protocol import ChannelType, LinkError
 from trivmc.server import Server, ServerConfig, VmcChannel
 

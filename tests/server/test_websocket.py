@@ -30,7 +30,8 @@ from wsproto.events import (
 
 from trivmc.backends import EchoBackend
 from trivmc.client import SpiceLinkError, connect
-from trivmc.client.session import Address, link_channel
+from trivmc.client.address import Address
+from trivmc.client.connection import link_channel
 from trivmc.protocol import ChannelType, ClientLink, Linked, LinkError, LinkReplyReceived, MainCap
 from trivmc.server import Server, ServerConfig
 from trivmc.transport import WebSocketError

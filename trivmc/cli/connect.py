@@ -10,8 +10,8 @@ from typing import Any
 
 import trio
 
-from ..client import Session, SpiceLinkError, VmcChannel, connect
-from ..server.server import leaf_exceptions
+from .._groups import leaf_exceptions
+from ..client import ChannelNotFound, ChannelStream, Session, SpiceLinkError, connect
 from .serve import parse_hostport
 
 log = logging.getLogger("trivmc.connect")
@@ -72,7 +72,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
-async def open_selected(session: Session, args: argparse.Namespace) -> VmcChannel:
+async def open_selected(session: Session, args: argparse.Namespace) -> ChannelStream:
     if args.port is not None:
         return await session.open_port(args.port)
     if args.usbredir is not None:
@@ -86,7 +86,7 @@ async def pump(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream) -> None:
         await dst.send_all(data)
 
 
-async def bridge_stdio(channel: VmcChannel, linger: float) -> None:
+async def bridge_stdio(channel: ChannelStream, linger: float) -> None:
     """Copy stdin to the channel and the channel to stdout. After stdin ends, exit once
     the channel has been quiet for `linger` seconds (or when the server closes it)."""
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             return 130
         for code, kinds in (
             (3, (SpiceLinkError,)),
-            (1, (LookupError, ValueError, OSError, trio.BrokenResourceError)),
+            (1, (ChannelNotFound, ValueError, OSError, trio.BrokenResourceError)),
         ):
             if all(isinstance(x, kinds) for x in leaves):
                 why = "; ".join(str(x.__cause__ or x) for x in leaves)

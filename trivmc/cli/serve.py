@@ -14,13 +14,14 @@ from typing import Any
 
 import trio
 
+from .._groups import leaf_exceptions
 from ..backends import BackendSpecError, parse_backend
 from ..control import ControlAddress, ControlServer, parse_control_address
 from ..control.listener import inherited_control_address
 from ..server import Server, ServerConfig
 from ..server.config import DEFAULT_PORT, parse_channel_names
 from ..server.metrics import serve_metrics
-from ..server.server import format_address, leaf_exceptions
+from ..server.server import format_address
 from ..server.systemd import ActivatedSockets, Notifier, SystemdError, listen_fds, sort_sockets
 from ..transport import server_tls_context
 from . import version

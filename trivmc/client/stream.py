@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -19,9 +18,7 @@ from ..protocol import (
     decompress_body,
     vmc_payload,
 )
-
-if TYPE_CHECKING:
-    from .session import MessageConnection
+from .connection import MessageConnection
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +27,7 @@ RECEIVE_QUEUE = 32  # messages buffered before the reader stops reading the sock
 MAX_DECOMPRESSED = 16 * 1024 * 1024
 
 
-class VmcChannel(trio.abc.HalfCloseableStream):
+class ChannelStream(trio.abc.HalfCloseableStream):
     """One linked VMC channel. `send_all` frames data as DATA (or COMPRESSED_DATA when
     the server advertised LZ4 and it helps); `receive_some` returns device bytes in
     order, b"" once the server closed the channel, and raises `trio.BrokenResourceError`
@@ -46,7 +43,7 @@ class VmcChannel(trio.abc.HalfCloseableStream):
         *,
         lz4_out: bool,
         is_unix: bool,
-        on_close: Callable[[VmcChannel], None],
+        on_close: Callable[[ChannelStream], None],
     ) -> None:
         self.conn = conn
         self.channel_type = channel_type

@@ -1,0 +1,205 @@
+"""One channel's connection to a SPICE server: the transport (`open_stream`), the link
+(`link_channel`, retried on the other port as spice-gtk does) and the framed messages
+over it (`MessageConnection`, which answers PING and the ACK window itself)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from ..protocol import (
+    AckSync,
+    ClientLink,
+    Linked,
+    LinkError,
+    LinkFailed,
+    LinkReplyReceived,
+    Message,
+    MessageDecoder,
+    MessageEncoder,
+    MsgcCommon,
+    MsgCommon,
+    Ping,
+    Pong,
+    ProtocolError,
+    SetAck,
+)
+from ..transport import client_tls_context, connect_websocket
+from .address import Address
+from .errors import SpiceLinkError
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 16 * 1024 * 1024
+RECEIVE_SIZE = 256 * 1024
+
+
+async def open_stream(
+    address: Address, secure: bool = False, tls: ssl.SSLContext | None = None
+) -> trio.abc.Stream:
+    """Connect to `address`: its TLS port when `secure` (verified with `tls`, else the
+    system's trust store), else its plain port; then the WebSocket upgrade if asked."""
+    if address.path is not None:
+        return await trio.open_unix_socket(address.path)
+    assert address.host is not None
+    port = address.tls_port if secure else address.port
+    assert port is not None
+    sock = await trio.open_tcp_stream(address.host, port)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    stream: trio.abc.Stream = sock
+    try:
+        if secure:
+            ctx = tls or client_tls_context()
+            tls_stream = trio.SSLStream(
+                sock, ctx, server_hostname=address.host, https_compatible=True
+            )
+            await tls_stream.do_handshake()
+            stream = tls_stream
+        if address.websocket:
+            stream = await connect_websocket(stream, address.host, address.target)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
+
+
+@dataclass
+class LinkedStream:
+    """A linked channel connection: framing negotiated, peer caps known."""
+
+    stream: trio.abc.Stream
+    mini_header: bool
+    peer_common_caps: tuple[int, ...]
+    peer_channel_caps: tuple[int, ...]
+    trailing: bytes
+    secure: bool = False
+
+
+async def link_channel(
+    address: Address,
+    connection_id: int,
+    channel_type: int,
+    channel_id: int,
+    channel_caps: Sequence[int],
+    password: str | None,
+    tls: ssl.SSLContext | None = None,
+) -> LinkedStream:
+    """Connect and link one channel; raise SpiceLinkError on refusal.
+
+    The plain port is tried first when there is one. As spice-gtk does, a channel
+    refused with NEED_SECURED is linked again on the TLS port (when known), and one
+    refused with NEED_UNSECURED on the plain port.
+    """
+    secure = address.port is None and address.path is None
+    args = (connection_id, channel_type, channel_id, channel_caps, password, tls)
+    try:
+        return await _link_once(address, secure, *args)
+    except SpiceLinkError as e:
+        if e.code == LinkError.NEED_SECURED and not secure and address.tls_port is not None:
+            log.info("channel %d:%d must be secure: linking on the TLS port", *args[1:3])
+            return await _link_once(address, True, *args)
+        if e.code == LinkError.NEED_UNSECURED and secure and address.port is not None:
+            log.info("channel %d:%d must be plain: linking on the plain port", *args[1:3])
+            return await _link_once(address, False, *args)
+        raise
+
+
+async def _link_once(
+    address: Address,
+    secure: bool,
+    connection_id: int,
+    channel_type: int,
+    channel_id: int,
+    channel_caps: Sequence[int],
+    password: str | None,
+    tls: ssl.SSLContext | None,
+) -> LinkedStream:
+    stream = await open_stream(address, secure, tls)
+    try:
+        machine = ClientLink(connection_id, channel_type, channel_id, channel_caps, password)
+        await stream.send_all(machine.initiate())
+        while True:
+            data = await stream.receive_some(4096)
+            if not data:
+                raise SpiceLinkError(
+                    LinkError.ERROR,
+                    f"server closed the connection during the link of {channel_type}:{channel_id}",
+                )
+            for ev in machine.feed(data):
+                if isinstance(ev, LinkFailed):
+                    raise SpiceLinkError(ev.code, f"link refused: {ev.code.name} ({ev.reason})")
+                if isinstance(ev, LinkReplyReceived):
+                    await stream.send_all(ev.data)
+                if isinstance(ev, Linked):
+                    return LinkedStream(
+                        stream,
+                        ev.mini_header,
+                        ev.peer_common_caps,
+                        ev.peer_channel_caps,
+                        machine.trailing,
+                        secure,
+                    )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+
+
+class MessageConnection:
+    """Framed messages over a linked stream, with the client side of ACK and PING."""
+
+    def __init__(self, linked: LinkedStream, max_message: int = MAX_MESSAGE) -> None:
+        self.stream = linked.stream
+        self.encoder = MessageEncoder(linked.mini_header)
+        self.decoder = MessageDecoder(linked.mini_header, max_message)
+        self._pending: list[Message] = self.decoder.feed(linked.trailing)
+        self._send_lock = trio.Lock()
+        self._ack_window = 0
+        self._ack_count = 0
+
+    async def send(self, mtype: int, body: bytes = b"") -> None:
+        async with self._send_lock:
+            await self.stream.send_all(self.encoder.encode(mtype, body))
+
+    async def send_raw(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
+    async def receive(self) -> Message | None:
+        """The next message not handled here (None at EOF). PING, SET_ACK and the ACK
+        window are answered on the way."""
+        while True:
+            while self._pending:
+                msg = self._pending.pop(0)
+                if await self._common(msg):
+                    continue
+                return msg
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                if self.decoder.pending:
+                    raise ProtocolError("server closed in the middle of a message")
+                return None
+            self._pending = self.decoder.feed(data)
+
+    async def _common(self, msg: Message) -> bool:
+        if self._ack_window:
+            self._ack_count -= 1
+            if self._ack_count <= 0:
+                self._ack_count = self._ack_window
+                await self.send(MsgcCommon.ACK)
+        if msg.type == MsgCommon.PING:
+            ping = Ping.decode(msg.body)
+            await self.send(MsgcCommon.PONG, Pong(ping.id, ping.timestamp).encode())
+            return True
+        if msg.type == MsgCommon.SET_ACK:
+            ack = SetAck.decode(msg.body)
+            await self.send(MsgcCommon.ACK_SYNC, AckSync(ack.generation).encode())
+            self._ack_window = self._ack_count = ack.window
+            return True
+        return msg.type in (MsgCommon.NOTIFY, MsgCommon.DISCONNECTING, MsgCommon.MIGRATE)
