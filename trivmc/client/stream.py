@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import trio
 
+from .._streams import ConflictDetector, check_max_bytes
 from ..protocol import (
     MsgcVmc,
     MsgVmc,
@@ -33,7 +34,13 @@ class ChannelStream(trio.abc.HalfCloseableStream):
     order, b"" once the server closed the channel, and raises `trio.BrokenResourceError`
     when the connection was lost. SPICE has no half-close on the wire: `send_eof` only
     forbids further sends. Ports also expose `opened`, `port_name`, `next_event()` and
-    `send_break()`."""
+    `send_break()`.
+
+    It keeps trio's stream contract (checked by `trio.testing.check_two_way_stream`):
+    two tasks sending (send_all, send_eof, wait_send_all_might_not_block) or two
+    receiving at once get `trio.BusyResourceError`; `receive_some(0)` is a ValueError;
+    every call is a checkpoint; after `aclose` every call raises
+    `trio.ClosedResourceError`, a receive blocked meanwhile included."""
 
     def __init__(
         self,
@@ -58,6 +65,8 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         self._lost: str | None = None
         self._eof_sent = False
         self._closed = False
+        self._sending = ConflictDetector("another task is sending on this channel")
+        self._receiving = ConflictDetector("another task is receiving on this channel")
         self.port_name: str | None = None
         self.opened: bool | None = None
         self.bytes_in = 0
@@ -119,6 +128,10 @@ class ChannelStream(trio.abc.HalfCloseableStream):
     # ---- trio stream API -------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._sending:
+            await self._send_all(data)
+
+    async def _send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("channel closed")
         if self._eof_sent:
@@ -126,6 +139,9 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         if self._lost is not None:
             raise trio.BrokenResourceError(self._lost)
         view = memoryview(data).cast("B")
+        if not len(view):
+            await trio.lowlevel.checkpoint()
+            return
         parts: list[bytes] = []
         enc = self.conn.encoder
         for off in range(0, len(view), SEND_CHUNK):
@@ -135,23 +151,40 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         try:
             await self.conn.send_raw(b"".join(parts))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            if self._closed:  # by another task meanwhile
+                raise trio.ClosedResourceError("channel closed") from e
             raise trio.BrokenResourceError(f"connection to the server lost: {e}") from e
         self.bytes_out += len(view)
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.conn.stream.wait_send_all_might_not_block()
+        with self._sending:
+            if self._closed:
+                raise trio.ClosedResourceError("channel closed")
+            await self.conn.stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        self._eof_sent = True
-        await trio.lowlevel.checkpoint()
+        """Forbid further sends (SPICE cannot tell the server); a checkpoint."""
+        with self._sending:
+            if self._closed:
+                raise trio.ClosedResourceError("channel closed")
+            self._eof_sent = True
+            await trio.lowlevel.checkpoint()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        max_bytes = check_max_bytes(max_bytes)
+        with self._receiving:
+            return await self._receive_some(max_bytes)
+
+    async def _receive_some(self, max_bytes: int | None) -> bytes:
         if self._closed:
             raise trio.ClosedResourceError("channel closed")
         if not len(self._leftover):
             try:
                 self._leftover = memoryview(await self._data_recv.receive())
             except (trio.EndOfChannel, trio.ClosedResourceError):
+                await trio.lowlevel.cancel_shielded_checkpoint()  # a schedule point too
+                if self._closed:
+                    raise trio.ClosedResourceError("channel closed") from None
                 if self._lost is not None:
                     raise trio.BrokenResourceError(self._lost) from None
                 return b""

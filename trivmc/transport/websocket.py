@@ -32,6 +32,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from .._streams import ConflictDetector, check_max_bytes
 from ..protocol import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,11 @@ class WebSocketStream(trio.abc.Stream):
 
     Guarantees: bytes come out in order and unchanged; pings are answered; a close
     frame from the peer is answered and reads as end of stream; `close_code` holds the
-    code the peer closed with (1006 when it vanished without a close frame).
+    code the peer closed with (1006 when it vanished without a close frame). It keeps
+    trio's stream contract (checked by `trio.testing.check_two_way_stream`): two tasks
+    sending (or two receiving) at once get `trio.BusyResourceError`; `receive_some(0)`
+    is a ValueError; every call is a checkpoint; after `aclose` every call raises
+    `trio.ClosedResourceError`.
     """
 
     def __init__(self, transport: trio.abc.Stream, ws: WSConnection) -> None:
@@ -59,7 +64,9 @@ class WebSocketStream(trio.abc.Stream):
         self._inbox = bytearray()
         self._eof = False
         self._closed = False
-        self._send_lock = trio.StrictFIFOLock()
+        self._send_lock = trio.StrictFIFOLock()  # the user's sends and our answers
+        self._sending = ConflictDetector("another task is sending on this websocket")
+        self._receiving = ConflictDetector("another task is receiving on this websocket")
         self.close_code: int | None = None
 
     # ---- sending -----------------------------------------------------------------
@@ -76,28 +83,47 @@ class WebSocketStream(trio.abc.Stream):
             raise trio.BrokenResourceError(f"websocket is {self._ws.state.name}") from e
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Send `data` as one binary message."""
-        if self._closed:
-            raise trio.ClosedResourceError("websocket stream is closed")
-        if data:
-            await self._transmit(self._frame(BytesMessage(data=bytes(data))))
+        """Send `data` as one binary message (nothing for b"")."""
+        with self._sending:
+            if self._closed:
+                raise trio.ClosedResourceError("websocket stream is closed")
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            try:
+                await self._transmit(self._frame(BytesMessage(data=bytes(data))))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                if self._closed:  # closed by another task meanwhile
+                    raise trio.ClosedResourceError("websocket stream is closed") from e
+                raise
 
     async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
+        with self._sending:
+            if self._closed:
+                raise trio.ClosedResourceError("websocket stream is closed")
+            await self.transport.wait_send_all_might_not_block()
 
     # ---- receiving ---------------------------------------------------------------
+
+    async def _answer(self, event: Event) -> None:
+        """Answer a ping or a close frame. A peer already gone is not an error here:
+        what it sent before stays readable, and the next read or send finds it gone."""
+        try:
+            await self._transmit(self._frame(event))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            log.debug("websocket answer not sent: %s", e)
 
     async def _handle_events(self) -> None:
         for event in self._ws.events():
             if isinstance(event, BytesMessage):
                 self._inbox += event.data
             elif isinstance(event, Ping):
-                await self._transmit(self._frame(event.response()))
+                await self._answer(event.response())
             elif isinstance(event, CloseConnection):
                 self.close_code = event.code
                 self._eof = True
                 if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-                    await self._transmit(self._frame(event.response()))
+                    await self._answer(event.response())
                 if event.code not in (CloseReason.NORMAL_CLOSURE, CloseReason.GOING_AWAY):
                     log.info("websocket closed by peer: %s %s", event.code, event.reason or "")
             elif isinstance(event, TextMessage):
@@ -108,8 +134,20 @@ class WebSocketStream(trio.abc.Stream):
                 raise WebSocketError("websocket text message: SPICE needs binary messages")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._closed:
-            raise trio.ClosedResourceError("websocket stream is closed")
+        max_bytes = check_max_bytes(max_bytes)
+        with self._receiving:
+            if self._closed:
+                raise trio.ClosedResourceError("websocket stream is closed")
+            try:
+                return await self._receive(max_bytes)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                if self._closed:  # closed by another task meanwhile
+                    raise trio.ClosedResourceError("websocket stream is closed") from e
+                raise
+
+    async def _receive(self, max_bytes: int | None) -> bytes:
+        if self._inbox or self._eof:
+            await trio.lowlevel.checkpoint()
         while not self._inbox:
             if self._eof:
                 return b""
@@ -129,8 +167,10 @@ class WebSocketStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         """Send a normal close frame (if the connection is still open) and close the
-        transport; never raises for a peer that is already gone."""
+        transport; never raises for a peer that is already gone. Closing again is a
+        checkpoint and nothing else."""
         if self._closed:
+            await trio.lowlevel.checkpoint()
             return
         self._closed = True
         try:
