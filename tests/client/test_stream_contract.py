@@ -9,9 +9,11 @@ the tests against a real server.
 
 `check_two_way_stream`, not `check_half_closeable_stream`: SPICE has no half-close on
 the wire, so `send_eof` only forbids further sends (checked separately below) and the
-peer sees no end of stream. No clogged pair: each end's reader task takes messages off
-the transport into a 32-message queue whatever the application reads, so a fresh
-stream's `send_all` never blocks.
+peer sees no end of stream. The clogged pair runs over `lockstep_stream_pair` (a send
+waits until the peer reads) and is filled first: each end's reader task takes messages
+off the transport into a `RECEIVE_QUEUE`-message queue whatever the application reads,
+so that many messages and one more (held by the reader) are sent each way before the
+pair is handed over; the checks' receivers then read those filler bytes too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import trio.testing
 
 from trivmc.client import ChannelStream
 from trivmc.client.connection import LinkedStream, MessageConnection
+from trivmc.client.stream import RECEIVE_QUEUE
 from trivmc.protocol import ChannelType
 
 
@@ -48,7 +51,17 @@ async def test_channel_stream_is_a_trio_stream(lz4: bool) -> None:
             await nursery.start(right.run)
             return left, right
 
-        await trio.testing.check_two_way_stream(make, None)
+        async def make_clogged() -> tuple[ChannelStream, ChannelStream]:
+            a, b = trio.testing.lockstep_stream_pair()
+            left, right = channel(a, lz4), channel(b, lz4)
+            await nursery.start(left.run)
+            await nursery.start(right.run)
+            for _ in range(RECEIVE_QUEUE + 1):
+                await left.send_all(b"f")
+                await right.send_all(b"f")
+            return left, right
+
+        await trio.testing.check_two_way_stream(make, make_clogged)
         nursery.cancel_scope.cancel()
 
 
