@@ -156,7 +156,9 @@ class Session:
         return (channel_type, channel_id) in self.channels
 
     async def open_channel(self, channel_type: int, channel_id: int) -> ChannelStream:
-        """Link a VMC channel of this session and return it as a trio stream."""
+        """Link a VMC channel of this session and return it as a trio stream. Raises
+        ChannelNotFound when the server never offered it, SpiceLinkError when it
+        refuses the link, trio.ClosedResourceError once the session is closed."""
         if self._nursery is None or self.closed:
             raise trio.ClosedResourceError("the session is closed")
         if not self._has(channel_type, channel_id):
@@ -188,7 +190,8 @@ class Session:
         """Open the port channel whose PORT_INIT carries `name`: one known to carry it
         first, then those whose name is not known yet, in id order. A non-matching one
         is closed again; one the server closes before PORT_INIT (another session's
-        client holds it) or refuses (removed since it was listed) is skipped."""
+        client holds it) or refuses (removed since it was listed) is skipped. Raises
+        ChannelNotFound when no port carries `name`."""
         ports = sorted(cid for t, cid in self.channels if t == ChannelType.PORT)
         known = [cid for cid in ports if self.port_names.get(cid) == name]
         ids = known + [cid for cid in ports if cid not in self.port_names]
@@ -236,8 +239,9 @@ async def connect(
 ) -> AsyncIterator[Session]:
     """Link the main channel of the server at `uri` (see `parse_uri`); yield the
     Session. On exit every channel it opened is closed. Raises SpiceLinkError when the
-    server refuses. TLS verifies the server certificate and host name against
-    `ca_file` (or the system's trust store); `tls` replaces that context entirely."""
+    server refuses, MainChannelClosed when it hangs up before the channel list. TLS
+    verifies the server certificate and host name against `ca_file` (or the system's
+    trust store); `tls` replaces that context entirely."""
     if tls is None and ca_file is not None:
         tls = client_tls_context(ca_file)
     session = Session(parse_uri(uri, tls_port), password, lz4, tls)
