@@ -10,10 +10,10 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trivmc._groups import leaf_exceptions
 from trivmc.backends import EchoBackend
 from trivmc.protocol import ChannelType, MessageEncoder, ProtocolError
 from trivmc.server import ChannelOptions, VmcChannel, VmcChannelClient
-from trivmc.server.server import leaf_exceptions
 
 messages = st.lists(
     st.one_of(

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from .._groups import leaf_exceptions
 from ..backends import Backend
 from ..protocol import (
     ChannelType,
@@ -657,13 +658,6 @@ class Server:
                 await channel.serve_client(client, linked.trailing)
             finally:
                 session.leave(scope)
-
-
-def leaf_exceptions(exc: BaseException) -> list[BaseException]:
-    """The exceptions inside (nested) exception groups, or [exc] itself."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in leaf_exceptions(sub)]
-    return [exc]
 
 
 def log_connection_error(peer: str, exc: BaseException) -> None:
