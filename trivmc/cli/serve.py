@@ -21,7 +21,7 @@ from ..control.listener import inherited_control_address
 from ..server import Server, ServerConfig
 from ..server.config import DEFAULT_PORT, parse_channel_names
 from ..server.metrics import serve_metrics
-from ..server.server import format_address
+from ..server.sockets import format_address
 from ..server.systemd import ActivatedSockets, Notifier, SystemdError, listen_fds, sort_sockets
 from ..transport import server_tls_context
 from . import version

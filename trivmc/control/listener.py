@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from ..server import Server
-from ..server.server import ListenError
+from ..server.sockets import ListenError
 from .commands import CommandError, Commands
 from .wire import BadInput, JsonStream, ValueTooLarge, encode, error, event, greeting, reply
 

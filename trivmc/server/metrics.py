@@ -20,7 +20,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from ..protocol import VMC_CHANNEL_TYPES, ChannelType, LinkError
 from .accept import accept_loop
-from .server import Server, close_quietly, format_address, listen_tcp
+from .server import Server
+from .sockets import close_quietly, format_address, listen_tcp
 
 log = logging.getLogger(__name__)
 

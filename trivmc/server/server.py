@@ -7,10 +7,8 @@ logged and closed, and nothing else is touched.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import logging
-import os
 import socket
 import time
 from collections import Counter
@@ -20,7 +18,6 @@ from typing import Any
 
 import trio
 
-from .._groups import leaf_exceptions
 from ..backends import Backend
 from ..protocol import (
     ChannelType,
@@ -28,7 +25,6 @@ from ..protocol import (
     LinkFailed,
     LinkMess,
     LinkRequest,
-    ProtocolError,
     ServerLink,
     TicketReceived,
     check_password,
@@ -38,8 +34,9 @@ from ..protocol.ticket import LinkKey
 from ..transport import accept_websocket
 from .accept import accept_loop, raise_fd_limit
 from .admission import PendingLink, PendingLinks, source_key
-from .channel import ChannelOptions, PeerNotReading, PeerUnresponsive, Traffic
+from .channel import ChannelOptions, Traffic
 from .config import ServerConfig
+from .conn_errors import log_connection_error
 from .events import EventHub, LinkedChannel, basic_info
 from .heap import trim_periodically
 from .keypool import KeyPool
@@ -47,12 +44,19 @@ from .keys import KeyMaker
 from .link_policy import LinkPolicy
 from .main_channel import MainChannelClient
 from .session import ServerSession, SessionTable
+from .sockets import (
+    close_quietly,
+    format_address,
+    listen_tcp,
+    listen_unix,
+    local_address,
+    set_keepalive,
+)
 from .vmc import VmcChannel, VmcChannelClient
 
 log = logging.getLogger(__name__)
 
 LINK_RECEIVE = 4096
-CLOSE_TIMEOUT = 1.0
 BACKEND_RESTART_PAUSE = 1.0
 BACKEND_RESTART_MAX = 30.0
 SPICE_MAGIC = b"REDQ"
@@ -658,100 +662,6 @@ class Server:
                 await channel.serve_client(client, linked.trailing)
             finally:
                 session.leave(scope)
-
-
-def log_connection_error(peer: str, exc: BaseException) -> None:
-    """Log, in one line, why a connection ended: a bad or vanished peer at warning or
-    info level, a bug with its traceback. Exception groups are looked through."""
-    leaves = leaf_exceptions(exc)
-    bugs = [
-        leaf
-        for leaf in leaves
-        if not isinstance(
-            leaf, ProtocolError | trio.BrokenResourceError | trio.ClosedResourceError | OSError
-        )
-    ]
-    if bugs:
-        log.error("%s: internal error, closing this connection", peer, exc_info=bugs[0])
-        return
-    leaf = leaves[0]
-    if isinstance(leaf, PeerNotReading | PeerUnresponsive):
-        log.warning("%s: %s", peer, leaf)
-    elif isinstance(leaf, ProtocolError):
-        log.warning("%s: protocol error, closing this connection: %s", peer, leaf)
-    elif isinstance(leaf, trio.BrokenResourceError | trio.ClosedResourceError):
-        log.info("%s: connection lost: %s", peer, leaf.__cause__ or leaf)
-    else:
-        log.info("%s: socket error: %s", peer, leaf)
-
-
-async def close_quietly(stream: trio.abc.AsyncResource) -> None:
-    """Close a connection's stream within CLOSE_TIMEOUT; a peer that is already gone
-    (or a TLS/WebSocket goodbye that fails) is not an error."""
-    with trio.move_on_after(CLOSE_TIMEOUT):
-        try:
-            await stream.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-
-
-def set_keepalive(sock: trio.socket.SocketType, idle: float) -> None:
-    """TCP keepalive as spice-server sets it: SO_KEEPALIVE, and the first probe after
-    `idle` seconds of silence (TCP_KEEPIDLE; spice-server's is 10 minutes). The probe
-    interval and count stay the system's."""
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, round(idle)))
-
-
-class ListenError(OSError):
-    """An address the server cannot listen on; its text names the address."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-
-async def listen_tcp(host: str, port: int) -> list[trio.SocketListener]:
-    """Listeners on host:port; an OSError names the address (a port out of range,
-    a host that does not resolve, an address in use)."""
-    where = format_address((host, port))
-    if not 0 <= port <= 65535:
-        raise ListenError(errno.EINVAL, f"cannot listen on {where}: port out of range (0-65535)")
-    try:
-        return await trio.open_tcp_listeners(port, host=host)
-    except OSError as e:
-        raise ListenError(e.errno, f"cannot listen on {where}: {e.strerror or e}") from e
-
-
-async def listen_unix(path: str) -> trio.socket.SocketType:
-    """A listening unix socket at `path` (a stale socket file there is replaced)."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        await sock.bind(path)
-        sock.listen(128)
-    except OSError as e:
-        sock.close()
-        raise ListenError(e.errno, f"cannot listen on {path}: {e.strerror or e}") from e
-    return sock
-
-
-def local_address(sock: trio.socket.SocketType) -> object:
-    """A listening socket's address as `_listeners` gives it: (host, port), a unix
-    path, or @NAME for an abstract unix socket."""
-    addr = sock.getsockname()
-    if isinstance(addr, bytes):
-        return "@" + os.fsdecode(addr[1:])
-    return addr[:2] if isinstance(addr, tuple) else addr
-
-
-def format_address(addr: object) -> str:
-    """host:port for an IP address tuple, the path for a unix socket."""
-    if isinstance(addr, tuple):
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(addr)
 
 
 @contextlib.asynccontextmanager
