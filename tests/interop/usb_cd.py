@@ -223,7 +223,9 @@ def usbredir_trouble(qemu_stderr: list[str]) -> list[str]:
     return [
         ln
         for ln in qemu_stderr
-        if ("usbredir" in ln or "usb-redir" in ln or "redirect.c" in ln)
+        # QEMU's usb-redir device and its parser; not spice-server's own channel log
+        # ("Spice: usbredir:0 ...: Connection reset by peer" when a client goes)
+        if ("usbredirparser" in ln or "usb-redir" in ln or "redirect.c" in ln)
         and any(s in ln.lower() for s in signs)
     ]
 

@@ -12,7 +12,7 @@ import trio
 
 from .._groups import leaf_exceptions
 from ..client import ChannelNotFound, ChannelStream, Session, SpiceLinkError, connect
-from .serve import parse_hostport
+from .serve_options import parse_hostport
 
 log = logging.getLogger("trivmc.connect")
 
