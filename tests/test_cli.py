@@ -140,7 +140,7 @@ def test_address_in_use_exits_2() -> None:
 
 def test_control_socket_that_cannot_be_made_exits_2_in_one_line() -> None:
     r = serve_process("--listen", "127.0.0.1:0", "--control", "unix:/nonexistent/dir/c.sock")
-    one_line_error(r, "cannot listen on unix:/nonexistent/dir/c.sock: No such file")
+    one_line_error(r, "cannot listen on /nonexistent/dir/c.sock: No such file")
     r = serve_process("--listen", "127.0.0.1:0", "--control", "tcp:10.1.2.3:4444")
     one_line_error(r, "loopback only")
 

@@ -338,3 +338,9 @@ async def test_a_control_client_that_never_reads_its_events_is_closed() -> None:
         with trio.fail_after(10):
             await done.wait()
         assert server.events._listeners == []
+
+
+async def test_the_unix_control_socket_is_for_its_owner_only(tmp_path: Path) -> None:
+    async with controlled(tmp_path) as (_server, _uri, path):
+        mode = Path(path).stat().st_mode & 0o777
+    assert mode & 0o077 == 0, oct(mode)

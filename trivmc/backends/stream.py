@@ -131,11 +131,13 @@ class StreamBackend:
 
     def _hand_over_early(self) -> None:
         """The first client of a standing peer attached: what the peer said before goes
-        to it first (all of it fits the chardev's pending limit)."""
+        to it first. It all fits: at most EARLY_LIMIT + one read (128 KiB), and the
+        chardev's pending data (limit 256 KiB) was cleared when the last client left."""
         assert self.chardev is not None
         if self._early:
             early, self._early = self._early, bytearray()
-            self.chardev.chr_write(early)
+            taken = self.chardev.chr_write(early)
+            assert taken == len(early), "the early words fit the chardev's pending room"
 
     async def _peer_to_chardev(self, stream: trio.abc.Stream) -> None:
         assert self.chardev is not None

@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from ..server import Server
-from ..server.sockets import ListenError
+from ..server.sockets import ListenError, listen_unix
 from .commands import CommandError, Commands
 from .wire import BadInput, JsonStream, ValueTooLarge, encode, error, event, greeting, reply
 
@@ -124,6 +124,8 @@ class ControlServer:
         address cannot be used."""
         try:
             return await self._open_listeners()
+        except ListenError:
+            raise
         except OSError as e:
             raise ListenError(
                 e.errno, f"cannot listen on {self.address}: {e.strerror or e}"
@@ -132,19 +134,8 @@ class ControlServer:
     async def _open_listeners(self) -> list[trio.SocketListener]:
         if self.listener is not None:  # the service manager's: it keeps the path
             return [trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))]
-        if self.address.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.address.path)
-            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            old = os.umask(0o077)  # only the owner may drive the server
-            try:
-                await sock.bind(self.address.path)
-                sock.listen(16)
-            except OSError:
-                sock.close()
-                raise
-            finally:
-                os.umask(old)
+        if self.address.path is not None:  # only the owner may drive the server
+            sock = await listen_unix(self.address.path, private=True, backlog=16)
             return [trio.SocketListener(sock)]
         assert self.address.host is not None
         listeners = await trio.open_tcp_listeners(self.address.port, host=self.address.host)

@@ -57,9 +57,15 @@ class EventHub:
         self._serial = 0
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Add `listener`; the returned callable removes it."""
+        """Add `listener`; the returned callable removes it (once; later calls do
+        nothing)."""
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     def next_serial(self) -> int:
         self._serial += 1

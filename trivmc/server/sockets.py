@@ -52,17 +52,25 @@ async def listen_tcp(host: str, port: int) -> list[trio.SocketListener]:
         raise ListenError(e.errno, f"cannot listen on {where}: {e.strerror or e}") from e
 
 
-async def listen_unix(path: str) -> trio.socket.SocketType:
-    """A listening unix socket at `path` (a stale socket file there is replaced)."""
+async def listen_unix(
+    path: str, *, private: bool = False, backlog: int = 128
+) -> trio.socket.SocketType:
+    """A listening unix socket at `path` (a stale socket file there is replaced);
+    `private` makes it the owner's alone (created under umask 077, so there is no
+    moment when others may connect)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_mask = os.umask(0o077) if private else None
     try:
         await sock.bind(path)
-        sock.listen(128)
+        sock.listen(backlog)
     except OSError as e:
         sock.close()
         raise ListenError(e.errno, f"cannot listen on {path}: {e.strerror or e}") from e
+    finally:
+        if old_mask is not None:
+            os.umask(old_mask)
     return sock
 
 
