@@ -12,15 +12,7 @@ import trio.testing
 from trivmc.backends import EchoBackend, NullBackend
 from trivmc.client import connect
 from trivmc.protocol import (
-    Ack,
-    AckSync,
     MessageDecoder,
-    MessageEncoder,
-    MsgcCommon,
-    MsgCommon,
-    Ping,
-    Pong,
-    SetAck,
 )
 from trivmc.server import ChannelClient, ChannelOptions, Server, ServerConfig
 
@@ -53,57 +45,6 @@ async def test_webdav_channel_port_init() -> None:
             assert session.channels == [(11, 0)]
             ch = await session.open_webdav()
             assert await ch.wait_port_init() == "org.spice-space.webdav.0"
-
-
-class Recorder(ChannelClient):
-    pass
-
-
-async def test_ack_window_blocks_and_resumes() -> None:
-    """With a window of 2 the server sends at most 2 x window + 1 messages unacked."""
-    a, b = trio.testing.memory_stream_pair()
-    client = Recorder(a, ChannelOptions("t", True, 1 << 16, False, ack_window=2))
-    dec = MessageDecoder(True, 1 << 16)
-    enc = MessageEncoder(True)
-
-    async def receive_msgs(n: int) -> list[int]:
-        types: list[int] = []
-        while len(types) < n:
-            types += [m.type for m in dec.feed(await b.receive_some())]
-        return types
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client.run)
-        for _ in range(10):
-            client.send(101, b"x")
-        first = await receive_msgs(5)  # SET_ACK + 4 data messages = 2 x window + 1
-        assert first[0] == MsgCommon.SET_ACK and first[1:] == [101] * 4
-        await trio.testing.wait_all_tasks_blocked()
-        assert client.unacked == 5 and client.queued_bytes == 6  # blocked on the window
-        await b.send_all(enc.encode(MsgcCommon.ACK_SYNC, AckSync(1).encode()))
-        await b.send_all(enc.encode(MsgcCommon.ACK, Ack().encode()))
-        assert await receive_msgs(2) == [101, 101]  # the ACK freed a window's worth
-        nursery.cancel_scope.cancel()
-    assert SetAck.decode(SetAck(1, 2).encode()).window == 2
-
-
-async def test_ping_pong_measures_rtt() -> None:
-    a, b = trio.testing.memory_stream_pair()
-    client = Recorder(a, ChannelOptions("t", True, 1 << 16, False))
-    dec = MessageDecoder(True, 1 << 16)
-    enc = MessageEncoder(True)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client.run)
-        client.ping()
-        msgs = []
-        while not msgs:
-            msgs = dec.feed(await b.receive_some())
-        ping = Ping.decode(msgs[0].body)
-        await b.send_all(enc.encode(MsgcCommon.PONG, Pong(ping.id + 7, 1).encode()))  # not ours
-        await b.send_all(enc.encode(MsgcCommon.PONG, Pong(ping.id, ping.timestamp).encode()))
-        await trio.testing.wait_all_tasks_blocked()
-        assert client.min_rtt is not None and client.min_rtt >= 0
-        nursery.cancel_scope.cancel()
 
 
 async def test_main_channel_tolerates_agent_and_mouse_messages() -> None:

@@ -75,7 +75,8 @@ class DeviceClient(Protocol):
     not yet sent, and `wait_queued_below(limit)` returns once it is below `limit`.
     """
 
-    queued_bytes: int
+    @property
+    def queued_bytes(self) -> int: ...
 
     def push_device_data(self, data: DeviceData) -> None: ...
 

@@ -8,28 +8,22 @@ import contextlib
 import logging
 import socket
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
 
 from ..protocol import (
-    AckSync,
     ClientLink,
     Linked,
     LinkError,
     LinkFailed,
     LinkReplyReceived,
     Message,
-    MessageDecoder,
-    MessageEncoder,
-    MsgcCommon,
-    MsgCommon,
-    Ping,
-    Pong,
     ProtocolError,
-    SetAck,
 )
+from ..protocol.channel import ChannelConnection, Role
 from ..transport import client_tls_context, connect_websocket
 from .address import Address
 from .errors import SpiceLinkError
@@ -152,16 +146,19 @@ async def _link_once(
 
 
 class MessageConnection:
-    """Framed messages over a linked stream, with the client side of ACK and PING."""
+    """Framed messages over a linked stream: a trio driver of the sans-IO
+    `ChannelConnection` (client side), which answers PING and SET_ACK and keeps the ACK
+    window; what it decides to send is written before `receive` goes on."""
 
     def __init__(self, linked: LinkedStream, max_message: int = MAX_MESSAGE) -> None:
         self.stream = linked.stream
-        self.encoder = MessageEncoder(linked.mini_header)
-        self.decoder = MessageDecoder(linked.mini_header, max_message)
-        self._pending: list[Message] = self.decoder.feed(linked.trailing)
+        self.conn = ChannelConnection(
+            Role.CLIENT, mini_header=linked.mini_header, max_message=max_message
+        )
+        self.encoder = self.conn.encoder
+        self.decoder = self.conn.decoder
+        self._pending: deque[Message] = deque(self.decoder.feed(linked.trailing))
         self._send_lock = trio.Lock()
-        self._ack_window = 0
-        self._ack_count = 0
 
     async def send(self, mtype: int, body: bytes = b"") -> None:
         async with self._send_lock:
@@ -172,34 +169,18 @@ class MessageConnection:
             await self.stream.send_all(data)
 
     async def receive(self) -> Message | None:
-        """The next message not handled here (None at EOF). PING, SET_ACK and the ACK
-        window are answered on the way."""
+        """The next message of the channel's own (None at EOF); the common ones are
+        answered (PING, SET_ACK, the ACK window) or taken on the way."""
         while True:
             while self._pending:
-                msg = self._pending.pop(0)
-                if await self._common(msg):
-                    continue
-                return msg
+                event = self.conn.handle(self._pending.popleft())
+                if self.conn.has_data_to_send:
+                    await self.send_raw(self.conn.data_to_send())
+                if isinstance(event, Message):
+                    return event
             data = await self.stream.receive_some(RECEIVE_SIZE)
             if not data:
                 if self.decoder.pending:
                     raise ProtocolError("server closed in the middle of a message")
                 return None
-            self._pending = self.decoder.feed(data)
-
-    async def _common(self, msg: Message) -> bool:
-        if self._ack_window:
-            self._ack_count -= 1
-            if self._ack_count <= 0:
-                self._ack_count = self._ack_window
-                await self.send(MsgcCommon.ACK)
-        if msg.type == MsgCommon.PING:
-            ping = Ping.decode(msg.body)
-            await self.send(MsgcCommon.PONG, Pong(ping.id, ping.timestamp).encode())
-            return True
-        if msg.type == MsgCommon.SET_ACK:
-            ack = SetAck.decode(msg.body)
-            await self.send(MsgcCommon.ACK_SYNC, AckSync(ack.generation).encode())
-            self._ack_window = self._ack_count = ack.window
-            return True
-        return msg.type in (MsgCommon.NOTIFY, MsgCommon.DISCONNECTING, MsgCommon.MIGRATE)
+            self._pending.extend(self.decoder.feed(data))

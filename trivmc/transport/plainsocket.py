@@ -1,0 +1,126 @@
+"""The byte I/O under a channel connection, and its one fast path: the plain socket.
+
+`stream_io(stream)` gives a `PlainSocketIO` for a `trio.SocketStream` and a `StreamIO`
+for anything else (TLS, WebSocket, in-memory streams). Both offer the same three calls:
+
+- `receive(size)`: one read, b"" at end of stream;
+- `send_parts(parts)`: write every byte of a list of buffers, in order;
+- `write_now(parts)`: write what the kernel takes at once, without waiting or a task
+  switch, and return the byte count (a `StreamIO` takes nothing: 0).
+
+Why the fast path exists (docs/architecture.md, "The plain-socket fast path"): trio's
+`SocketStream` wraps each read and write in a few layers (a lock-free conflict
+detector, `sock.recv` through trio's socket wrapper, a joined buffer for `send_all`).
+On a plain socket `PlainSocketIO` calls `os.read` / `os.writev` on the fd directly:
+one scheduling point per call, as trio's own calls have, scatter-gather writes (a
+message's header and body are never joined), and `write_now` lets a message go out in
+the task that produced it, as spice-server's `red_channel_client_push` does.
+
+Invariants: `forget()` is called before the socket closes and every call after it
+fails or writes nothing, so a late write can never reach another connection that
+reused the fd number; `write_now` never blocks and never raises.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import trio
+
+from ..protocol.messages import Body
+
+GATHER_MAX_PARTS = 128  # a writev takes at most IOV_MAX (1024) buffers; more are joined
+
+
+class StreamIO:
+    """Byte I/O over any trio stream."""
+
+    writes_now = False  # write_now can take bytes
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+
+    async def receive(self, size: int) -> bytes | bytearray:
+        return await self.stream.receive_some(size)
+
+    async def send_parts(self, parts: list[Body]) -> int:
+        data = b"".join(parts)
+        await self.stream.send_all(data)
+        return len(data)
+
+    def write_now(self, parts: Sequence[Body]) -> int:
+        return 0
+
+    def forget(self) -> None:
+        """The stream is about to close: never touch it again."""
+
+
+class PlainSocketIO(StreamIO):
+    """Byte I/O on a plain socket's fd (see the module docstring for why)."""
+
+    writes_now = True
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        super().__init__(stream)
+        self.socket = stream.socket
+        self._fd = stream.socket.fileno()
+
+    async def receive(self, size: int) -> bytes:
+        """One read of the fd; a wait for readability only when there is nothing."""
+        await trio.lowlevel.checkpoint()
+        while True:
+            if self._fd < 0:
+                raise trio.ClosedResourceError("socket closed")
+            try:
+                return os.read(self._fd, size)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.socket)
+            except OSError as e:
+                raise trio.BrokenResourceError(f"socket read failed: {e}") from e
+
+    async def send_parts(self, parts: list[Body]) -> int:
+        """Every byte of `parts` with writev, in order; partial writes resume where the
+        kernel stopped once the socket is writable. One scheduling point per call."""
+        if len(parts) > GATHER_MAX_PARTS:
+            parts = [b"".join(parts)]
+        total = 0
+        await trio.lowlevel.checkpoint()
+        while parts:
+            if self._fd < 0:
+                raise trio.ClosedResourceError("socket closed")
+            try:
+                n = os.writev(self._fd, parts)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.socket)
+                continue
+            except OSError as e:
+                raise trio.BrokenResourceError(f"socket write failed: {e}") from e
+            total += n
+            while n:
+                size = len(parts[0])
+                if n >= size:
+                    n -= size
+                    parts.pop(0)
+                else:
+                    parts[0] = memoryview(parts[0])[n:]
+                    n = 0
+        return total
+
+    def write_now(self, parts: Sequence[Body]) -> int:
+        if self._fd < 0:
+            return 0
+        try:
+            return os.writev(self._fd, parts)
+        except OSError:  # full (BlockingIOError) or broken: the queued path finds out
+            return 0
+
+    def forget(self) -> None:
+        self._fd = -1
+
+
+def stream_io(stream: trio.abc.Stream) -> StreamIO:
+    """The fast path for a plain socket, the generic one for any other stream."""
+    if isinstance(stream, trio.SocketStream):
+        return PlainSocketIO(stream)
+    return StreamIO(stream)
