@@ -191,6 +191,12 @@ def _pki(tmp: Path) -> dict[str, str]:
     ca.cert_pem.write_to_path(files["ca"])
     cert.cert_chain_pems[0].write_to_path(files["cert"])
     cert.private_key_pem.write_to_path(files["key"])
+    # the same files in QEMU's x509-dir layout, for the anchor's -c
+    x509 = tmp / "x509"
+    x509.mkdir(exist_ok=True)
+    for name, qemu_name in (("ca", "ca-cert"), ("cert", "server-cert"), ("key", "server-key")):
+        (x509 / f"{qemu_name}.pem").write_bytes(Path(files[name]).read_bytes())
+    files["x509_dir"] = str(x509)
     return files
 
 
@@ -207,8 +213,8 @@ def _gtk_echo(uri: str, nbytes: int, ca_file: str | None = None) -> dict[str, ob
 
 
 def gtk_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Result]:
-    """spice-gtk (the real client) echoing through a port: plain on both servers, and
-    trivmc over TLS."""
+    """spice-gtk (the real client) echoing through a port: plain and over TLS, on both
+    servers (the anchor with QEMU's x509-dir layout)."""
     probe = "import gi; gi.require_version('SpiceClientGLib', '2.0')"
     if not Path("/usr/bin/python3").exists() or not GTK_CLIENT.exists():
         print("spice-gtk rows skipped: no Debian python3", file=sys.stderr)
@@ -218,27 +224,36 @@ def gtk_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Re
         return []
     mib = sizes.gtk_bytes >> 20
     plain = Result("gtk_echo", f"spice-gtk echo, {mib} MiB", "MB/s", True, metric="MBps")
-    tls = Result("gtk_echo_tls", f"spice-gtk echo over TLS, {mib} MiB", "MB/s", True)
+    tls = Result("gtk_echo_tls", f"spice-gtk echo over TLS, {mib} MiB", "MB/s", True, 1.0)
     tls.metric = "MBps"
     pki = _pki(tmp)
-    port, tport, aport = free_port(), free_port(), free_port()
+    port, tport, aport, atport = free_port(), free_port(), free_port(), free_port()
     tls_opts = ["--tls-listen", f"127.0.0.1:{tport}", "--cert", pki["cert"], "--key", pki["key"]]
     tcmd = [*trivmc_cmd(port, "echo", 0), *tls_opts]
     cmds = {"trivmc": (tcmd, port)}
     if anchor is not None:
-        cmds["spice-server"] = (anchor_cmd(str(anchor), aport, "echo", 0), aport)
+        acmd = anchor_cmd(str(anchor), aport, "echo", 0)
+        cmds["spice-server"] = ([*acmd, "-T", str(atport), "-c", pki["x509_dir"]], aport)
     with servers(cmds) as procs:
         wait_listening(tport, procs["trivmc"])
+        if anchor is not None:
+            wait_listening(atport, procs["spice-server"])
         for _ in range(runs):
             plain.add("trivmc", _gtk_echo(f"spice://127.0.0.1:{port}", sizes.gtk_bytes))
             if anchor is not None:
                 plain.add("spice-server", _gtk_echo(f"spice://127.0.0.1:{aport}", sizes.gtk_bytes))
             uri = f"spice://127.0.0.1?tls-port={tport}"
             tls.add("trivmc", _gtk_echo(uri, sizes.gtk_bytes, pki["ca"]))
-    tls.text["spice-server"] = "n/a: the anchor has no TLS"
-    t, p = tls.median("trivmc"), plain.median("trivmc")
-    if t and p:
-        tls.note = f"TLS / plain for trivmc in this run: {t / p:.2f}"
+            if anchor is not None:
+                uri = f"spice://127.0.0.1?tls-port={atport}"
+                tls.add("spice-server", _gtk_echo(uri, sizes.gtk_bytes, pki["ca"]))
+    notes = []
+    for who in ("trivmc", "spice-server"):
+        t, p = tls.median(who), plain.median(who)
+        if t and p:
+            notes.append(f"{who} {t / p:.2f}")
+    if notes:
+        tls.note = "TLS / plain in this run: " + ", ".join(notes)
     plain.text["pump"] = tls.text["pump"] = "n/a"
     return [plain, tls]
 

@@ -32,6 +32,7 @@ from ..protocol import (
 )
 from ..protocol.ticket import LinkKey
 from ..transport import accept_websocket
+from ..transport.tlssocket import TLSSocketStream
 from .accept import accept_loop, raise_fd_limit
 from .admission import PendingLink, PendingLinks, source_key
 from .channel import ChannelOptions, Traffic
@@ -457,13 +458,12 @@ class Server:
             else:
                 await close_quietly(stream)
 
-    async def _tls_handshake(
-        self, sock: trio.SocketStream, conn: _Conn
-    ) -> trio.SSLStream[Any] | None:
+    async def _tls_handshake(self, sock: trio.SocketStream, conn: _Conn) -> TLSSocketStream | None:
         """The TLS server handshake, bounded by `tls_handshake_timeout`; None (logged)
         when it fails or stalls."""
         assert self.config.tls is not None
-        tls = trio.SSLStream(sock, self.config.tls, server_side=True, https_compatible=True)
+        # the TLS stream owns the socket from here: it is closed on every way out
+        tls = TLSSocketStream.wrap(sock, self.config.tls, server_side=True)
         try:
             with trio.move_on_after(self.config.tls_handshake_timeout):
                 await tls.do_handshake()
@@ -474,10 +474,12 @@ class Server:
                 self.config.tls_handshake_timeout,
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            self.tls_failures += 1
             log.warning("%s: TLS handshake failed: %s", conn.peer, e.__cause__ or e)
-            return None
+        except BaseException:
+            await trio.aclose_forcefully(tls)
+            raise
         self.tls_failures += 1
+        await trio.aclose_forcefully(tls)
         return None
 
     async def _sniff(
