@@ -12,6 +12,9 @@ everything the departed client sent) gives a per-session peer until the drain
 deadline to take those bytes, then closes it. A *standing* backend (a usbredir
 channel's, stream.py) opens the guest side once its peer has spoken, and keeps what
 the peer says before its first client for that client (`early_words.py`).
+
+The states tasks wait on are trio_util values: whether a client is attached, whether
+a peer is bridged, and whether the writer has sent everything it was given.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import logging
 
 import trio
+from trio_util import AsyncBool
 
 from ..chardev import ChrEvent, SpiceChardev
 from .early_words import EarlyWords
@@ -41,21 +45,20 @@ class StreamBackend:
     def __init__(self, drain: float = DEFAULT_DRAIN) -> None:
         self.chardev: SpiceChardev | None = None
         self.peer: trio.abc.Stream | None = None
-        self.client_attached = False
         self.session = 0  # client sessions seen (OPENED events)
         self.drain = drain
         self.dropped = 0  # bytes for a peer that went away or a session that ended
         self._dropped_at_leave = 0  # `dropped` when the client left (CLOSED)
         self.peers_served = 0
         self.breaks = 0
+        self._attached = AsyncBool(False)  # a client is attached (OPENED, not CLOSED)
+        self._bridging = AsyncBool(False)  # a peer is bridged (`bridge` runs)
         self._bridge_scope: trio.CancelScope | None = None
-        self._bridge_done = trio.Event()  # the current (or last) bridge has ended
-        self._bridge_done.set()
         self._out = bytearray()  # for the peer, not handed to it yet
         self._sending = 0  # bytes the peer's send_all has and has not finished with
-        self._out_ready = trio.Event()
-        self._out_drained = trio.Event()
-        self._client_changed = trio.Event()
+        # the writer has nothing left to send (True implies out_bytes == 0); `read`
+        # clears it, the writer sets it when it finds nothing more
+        self._out_idle = AsyncBool(True)
         self._early = EarlyWords()  # a standing peer's first words, kept for a client
         self._peer_had_client = False  # the current peer has served a client
         self._ending_session = False  # the peer is being closed at a session boundary
@@ -66,6 +69,11 @@ class StreamBackend:
     def opens_later(self) -> bool:
         """A standing backend's guest side opens once its peer is connected."""
         return self.standing
+
+    @property
+    def client_attached(self) -> bool:
+        """A client is attached (between its OPENED and CLOSED)."""
+        return bool(self._attached.value)
 
     # ---- CharBackend -----------------------------------------------------------
 
@@ -81,14 +89,14 @@ class StreamBackend:
 
     def read(self, data: memoryview) -> None:
         self._out += data
-        self._out_ready.set()
+        self._out_idle.value = False
 
     def event(self, event: ChrEvent) -> None:
         if event == ChrEvent.BREAK:
             self.breaks += 1
             log.info("%s: BREAK from the client (a byte stream has no break: ignored)", self.name)
             return
-        self.client_attached = event == ChrEvent.OPENED
+        self._attached.value = event == ChrEvent.OPENED
         if self.client_attached:
             self.session += 1
             if self.peer is not None and not self._peer_had_client:
@@ -97,12 +105,12 @@ class StreamBackend:
                 self._early.hand_over(self.chardev)
         else:
             self._dropped_at_leave = self.dropped
-        self._client_changed.set()
-        self._client_changed = trio.Event()
 
     async def wait_client(self, attached: bool) -> None:
+        """Return once a client is attached (`attached`) or none is, as seen when this
+        task runs (a client that came and went before it did is not waited for)."""
         while self.client_attached != attached:
-            await self._client_changed.wait()
+            await self._attached.wait_value(attached)
 
     # ---- bridging one peer -----------------------------------------------------
 
@@ -131,10 +139,8 @@ class StreamBackend:
         assert self.chardev is not None
         while True:
             if not self._out:
-                self._out_drained.set()
-                self._out_drained = trio.Event()
-                await self._out_ready.wait()
-                self._out_ready = trio.Event()
+                self._out_idle.value = True
+                await self._out_idle.wait_value(False)
                 continue
             # handed over as it is (no copy), and a fresh buffer takes what comes next,
             # so no buffer keeps the capacity of a past burst
@@ -163,18 +169,20 @@ class StreamBackend:
                 self._sending -= n
 
     def _drop_out(self) -> int:
-        """Drop the bytes waiting for the peer (it is gone, or its session ended)."""
+        """Drop the bytes waiting for the peer (it is gone, or its session ended); the
+        writer is not running (it ended with the bridge)."""
         dropped = len(self._out) + self._sending
         self._out = bytearray()
         self._sending = 0
         self.dropped += dropped
+        self._out_idle.value = True  # nothing is left for it: `wait_out_drained` returns
         return dropped
 
     async def wait_out_drained(self) -> None:
         """Return once every byte taken for the peer was sent to it (or there is no
         peer any more: then they are dropped)."""
-        while (self._out or self._sending) and self.peer is not None:
-            await self._out_drained.wait()
+        while self.out_bytes and self.peer is not None:
+            await self._out_idle.wait_value(True)
 
     async def wait_undeliverable(self) -> None:
         """Return once the departed client's bytes can reach no peer any more: a
@@ -183,7 +191,7 @@ class StreamBackend:
         if not self.per_session:
             await trio.sleep_forever()
         while self.peer is not None and self._peer_had_client:
-            await self._bridge_done.wait()
+            await self._bridging.wait_value(False)  # (a peer is set only while bridging)
 
     async def end_session(self, deadline: float) -> int:
         """The client left and the device handed over all it sent: a per-session peer
@@ -199,7 +207,8 @@ class StreamBackend:
         if self._bridge_scope is not None:
             self._ending_session = True
             self._bridge_scope.cancel()
-            await self._bridge_done.wait()  # its CLOSED is the old session's, not the next's
+            # its CLOSED is the old session's, not the next's
+            await self._bridging.wait_value(False)
         self._drop_out()
         return self.dropped - self._dropped_at_leave
 
@@ -209,7 +218,7 @@ class StreamBackend:
         assert self.chardev is not None
         self.peer = stream
         self.peers_served += 1
-        self._bridge_done = done = trio.Event()
+        self._bridging.value = True
         self._peer_had_client = self.client_attached or not self.standing
         self._early.clear()
         self.spoke = False  # the peer has sent something
@@ -233,7 +242,7 @@ class StreamBackend:
             self._bridge_scope = None
             if self.peer is stream:
                 self.peer = None
-            dropped = self._drop_out()
+            dropped = self._drop_out()  # (also: `end_session` need not wait)
             if dropped and not self._ending_session:  # (a boundary logs its own drops)
                 log.warning("%s: %d bytes for a peer that is gone: dropped", self.name, dropped)
             self._early.clear()
@@ -241,9 +250,7 @@ class StreamBackend:
             if not (self.standing and self._ending_session):
                 self.chardev.set_fe_open(False)  # (a standing peer is replaced at once)
             self._ending_session = False
-            self._out_drained.set()  # nothing is left for it: `end_session` need not wait
-            self._out_drained = trio.Event()
-            done.set()  # (also: `wait_undeliverable` looks again)
+            self._bridging.value = False  # (also: `wait_undeliverable` looks again)
 
     async def run(self, chardev: SpiceChardev) -> None:
         self.chardev = chardev
