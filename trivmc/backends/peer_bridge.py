@@ -19,10 +19,11 @@ a peer is bridged, and whether the writer has sent everything it was given.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import trio
-from trio_util import AsyncBool
+from trio_util import AsyncBool, wait_any
 
 from ..chardev import ChrEvent, SpiceChardev
 from .early_words import EarlyWords
@@ -227,14 +228,11 @@ class StreamBackend:
         self.chardev.accept_input()
         try:
             with trio.CancelScope() as self._bridge_scope:
-                async with stream, trio.open_nursery() as nursery:
-
-                    async def until_peer_ends() -> None:
-                        await self._peer_to_chardev(stream)
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(until_peer_ends)
-                    nursery.start_soon(self._chardev_to_peer, stream)
+                async with stream:  # until the peer ends (the writer never does)
+                    await wait_any(
+                        functools.partial(self._peer_to_chardev, stream),
+                        functools.partial(self._chardev_to_peer, stream),
+                    )
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
             why = "; ".join(str(e.__cause__ or e) for e in group.exceptions)
             log.warning("%s: peer lost: %s", self.name, why)
