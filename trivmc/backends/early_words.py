@@ -1,7 +1,7 @@
 """A standing peer's first words: what it says before its first client attaches.
 
 QEMU's usb-redir sends its usbredir hello as soon as its device exists, whether or not
-a SPICE client is attached. A standing backend (stream.py) keeps those bytes, at most
+a SPICE client is attached. A standing backend (connecting.py) keeps those bytes, at most
 EARLY_LIMIT of them plus one read, and hands them to the first client of that peer
 before anything else the peer says; a peer that goes away takes them with it.
 """

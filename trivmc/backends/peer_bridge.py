@@ -10,7 +10,7 @@ raises out of the backend; bytes left for a peer that is gone are dropped and co
 The session boundary (`end_session`, called by the channel once the device handed over
 everything the departed client sent) gives a per-session peer until the drain
 deadline to take those bytes, then closes it. A *standing* backend (a usbredir
-channel's, stream.py) opens the guest side once its peer has spoken, and keeps what
+channel's, connecting.py) opens the guest side once its peer has spoken, and keeps what
 the peer says before its first client for that client (`early_words.py`).
 
 The states tasks wait on are trio_util values: whether a client is attached, whether
@@ -41,7 +41,7 @@ class StreamBackend:
 
     name = "stream"
     per_session = False  # a peer per client session (connecting backends)
-    standing = False  # follow the peer as a usbredir channel does (see stream.py)
+    standing = False  # follow the peer as a usbredir channel does (see connecting.py)
 
     def __init__(self, drain: float = DEFAULT_DRAIN) -> None:
         self.chardev: SpiceChardev | None = None
