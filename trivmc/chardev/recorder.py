@@ -17,7 +17,8 @@ import trio
 from .interface import CharBackend, ChrEvent, Direction
 from .record_format import DATA, EVENT, encode_header, encode_record_head
 
-log = logging.getLogger(__name__)
+# its log lines keep the name they had before the split
+log = logging.getLogger("trivmc.chardev.record")
 
 
 def _in_trio() -> bool:
