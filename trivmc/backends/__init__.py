@@ -1,17 +1,12 @@
 """Chardev backends (QEMU's -chardev vocabulary) and `parse_backend(spec)`."""
 
 from .base import Backend
-from .simple import EchoBackend, NullBackend, SourceBackend, pattern
+from .connecting import TcpConnectBackend, UnixConnectBackend
+from .listening import TcpListenBackend, UnixListenBackend
+from .peer_bridge import StreamBackend
+from .process import ExecBackend
+from .simple import EchoBackend, FileBackend, NullBackend, SourceBackend, pattern
 from .spec import BackendFactory, BackendSpecError, parse_backend
-from .stream import (
-    ExecBackend,
-    FileBackend,
-    StreamBackend,
-    TcpConnectBackend,
-    TcpListenBackend,
-    UnixConnectBackend,
-    UnixListenBackend,
-)
 
 __all__ = [
     "Backend",

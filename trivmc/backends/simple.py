@@ -1,4 +1,4 @@
-"""In-process backends: echo, null, source:N."""
+"""In-process backends, with no peer stream: echo, null, source:N, file:PATH."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import trio
 from ..chardev import ChrEvent, SpiceChardev
 
 log = logging.getLogger(__name__)
+file_log = logging.getLogger("trivmc.backends.stream")  # FileBackend's, as it was
 
 SOURCE_CHUNK = 64 * 1024
 PATTERN_PERIOD = 251
@@ -83,3 +84,34 @@ class SourceBackend(NullBackend):
                 sent += size
             log.debug("source: %d bytes sent to this client", sent)
             await chardev.wait_connected(False)
+
+
+class FileBackend:
+    """Appends what the client sends to a file; nothing comes back."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.written = 0
+        self.chardev: SpiceChardev | None = None
+        self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with the backend
+
+    def can_read(self) -> int:
+        return 1 << 20
+
+    def read(self, data: memoryview) -> None:
+        try:
+            self._file.write(data)
+            self.written += len(data)
+        except OSError as e:
+            file_log.error("file:%s: write failed, data lost: %s", self.path, e)
+
+    def event(self, event: ChrEvent) -> None:
+        pass
+
+    async def run(self, chardev: SpiceChardev) -> None:
+        self.chardev = chardev
+        chardev.set_fe_open(True)
+        try:
+            await trio.sleep_forever()
+        finally:
+            self._file.close()

@@ -16,17 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .base import Backend
-from .simple import EchoBackend, NullBackend, SourceBackend
-from .stream import (
-    DEFAULT_DRAIN,
-    DEFAULT_RECONNECT,
-    ExecBackend,
-    FileBackend,
-    TcpConnectBackend,
-    TcpListenBackend,
-    UnixConnectBackend,
-    UnixListenBackend,
-)
+from .connecting import DEFAULT_RECONNECT, TcpConnectBackend, UnixConnectBackend
+from .listening import TcpListenBackend, UnixListenBackend
+from .peer_bridge import DEFAULT_DRAIN
+from .process import ExecBackend
+from .simple import EchoBackend, FileBackend, NullBackend, SourceBackend
 
 BackendFactory = Callable[[], Backend]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 from typing import Any
 
 import trio
+from trio_util import wait_any
 
 from .._groups import leaf_exceptions
 from ..client import ChannelNotFound, ChannelStream, Session, SpiceLinkError, connect
@@ -92,29 +94,23 @@ async def bridge_stdio(channel: ChannelStream, linger: float) -> None:
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     last_data = trio.current_time()
-    async with stdin, stdout, trio.open_nursery() as nursery:
+    async with stdin, stdout:
 
-        async def linger_then_stop() -> None:
-            while (left := last_data + linger - trio.current_time()) > 0:
-                await trio.sleep(left)
-            nursery.cancel_scope.cancel()
-
-        async def upstream() -> None:
+        async def upstream_then_linger() -> None:
             nonlocal last_data
             await pump(stdin, channel)
             await channel.send_eof()
             last_data = max(last_data, trio.current_time())
-            nursery.start_soon(linger_then_stop)
+            while (left := last_data + linger - trio.current_time()) > 0:
+                await trio.sleep(left)
 
         async def downstream() -> None:
             nonlocal last_data
             while data := await channel.receive_some(COPY_SIZE):
                 last_data = trio.current_time()
                 await stdout.send_all(data)
-            nursery.cancel_scope.cancel()
 
-        nursery.start_soon(upstream)
-        nursery.start_soon(downstream)
+        await wait_any(upstream_then_linger, downstream)
 
 
 async def serve_listener(session: Session, args: argparse.Namespace) -> None:
@@ -134,14 +130,7 @@ async def serve_listener(session: Session, args: argparse.Namespace) -> None:
 
 async def bridge_pair(a: trio.abc.Stream, b: trio.abc.Stream) -> None:
     """Copy both ways until either side ends."""
-    async with trio.open_nursery() as nursery:
-
-        async def copy(src: trio.abc.Stream, dst: trio.abc.Stream) -> None:
-            await pump(src, dst)
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(copy, a, b)
-        nursery.start_soon(copy, b, a)
+    await wait_any(functools.partial(pump, a, b), functools.partial(pump, b, a))
 
 
 async def main_async(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from uuid import UUID
 
 import trio
+from trio_util import RepeatedEvent
 
 from .._groups import single_leaf
 from ..protocol import (
@@ -69,7 +70,7 @@ class Session:
         self._nursery: trio.Nursery | None = None
         self._open: set[ChannelStream] = set()
         self._got_list = False
-        self._channels_changed = trio.Event()
+        self._channels_changed = RepeatedEvent()  # set when channels or closed change
         self.closed = False
 
     async def _link_main(self) -> None:
@@ -108,7 +109,6 @@ class Session:
                 if entry[0] == ChannelType.PORT:  # (re)announced: its name is asked again
                     self.port_names.pop(entry[1], None)
             self._channels_changed.set()
-            self._channels_changed = trio.Event()
         elif msg.type == MsgMain.NAME:
             self.name = MainName.decode(msg.body).text
         elif msg.type == MsgMain.UUID:

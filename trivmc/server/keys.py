@@ -52,6 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import trio
+from trio_util import RepeatedEvent
 
 from ..protocol.ticket import LinkKey
 from .keypool import KeyPool
@@ -124,7 +125,7 @@ class KeyMaker:
         self._in_flight = 0  # keys asked of workers and not delivered yet
         self._claimants = 0  # workers waiting in _claim
         self._last_link = -math.inf
-        self._changed = trio.Event()  # set (and replaced) at every change of state
+        self._changed = RepeatedEvent()  # set at every change of state
         self._started = False
         self._task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 
@@ -182,8 +183,8 @@ class KeyMaker:
     # ---- bookkeeping ---------------------------------------------------------------
 
     def _poke(self) -> None:
+        """The maker's state changed: every `_changed.wait()` returns."""
         self._changed.set()
-        self._changed = trio.Event()
 
     def _check_started(self) -> None:
         if not self._started and len(self.pool) >= min(BATCH, self.pool.size):

@@ -83,6 +83,13 @@ class SessionTable:
         self.created += 1
         return session
 
+    def announce(self, keys: list[tuple[int, int]]) -> None:
+        """Tell the client of every live session whose main channel runs that the
+        channels `keys` are offered (CHANNELS_LIST with them alone)."""
+        for session in self:
+            if session.announce is not None:
+                session.announce(keys)
+
     def remove(self, session: ServerSession) -> None:
         """Close `session` and forget it (idempotent)."""
         session.close()

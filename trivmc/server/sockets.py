@@ -1,6 +1,6 @@
-"""Sockets of the server: listening on TCP and unix addresses with errors that name
-the address, keepalive as spice-server sets it, closing a connection quietly, and
-printing addresses."""
+"""Sockets of the server: its listeners (configured and inherited), listening on TCP
+and unix addresses with errors that name the address, keepalive as spice-server sets
+it, closing a connection quietly, and printing addresses."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import contextlib
 import errno
 import os
 import socket
+from collections.abc import Sequence
 
 import trio
+
+from .config import ServerConfig
 
 CLOSE_TIMEOUT = 1.0
 
@@ -75,7 +78,7 @@ async def listen_unix(
 
 
 def local_address(sock: trio.socket.SocketType) -> object:
-    """A listening socket's address as `_listeners` gives it: (host, port), a unix
+    """A listening socket's address as `open_listeners` gives it: (host, port), a unix
     path, or @NAME for an abstract unix socket."""
     addr = sock.getsockname()
     if isinstance(addr, bytes):
@@ -89,3 +92,32 @@ def format_address(addr: object) -> str:
         host, port = addr[0], addr[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(addr)
+
+
+async def open_listeners(
+    config: ServerConfig, inherited: Sequence[tuple[socket.socket, bool]] = ()
+) -> list[tuple[trio.socket.SocketType, object, bool]]:
+    """(listening socket, bound address, is TLS) for every inherited socket, then
+    every address `config` names; the inherited ones are closed if this fails."""
+    out: list[tuple[trio.socket.SocketType, object, bool]] = []
+    try:
+        for std, secure in inherited:
+            if secure and config.tls is None:
+                raise ValueError("a TLS listener needs a TLS context (certificate and key)")
+            sock = trio.socket.from_stdlib_socket(std)
+            out.append((sock, local_address(sock), secure))
+        for addresses, secure in ((config.listen, False), (config.tls_listen, True)):
+            for host, port in addresses:
+                out += [
+                    (lst.socket, lst.socket.getsockname()[:2], secure)
+                    for lst in await listen_tcp(host, port)
+                ]
+        for path in config.unix:
+            out.append((await listen_unix(path), path, False))
+    except BaseException:
+        for sock, _, _ in out:
+            sock.close()
+        for std, _ in inherited:
+            std.close()
+        raise
+    return out

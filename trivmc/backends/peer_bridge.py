@@ -1,0 +1,258 @@
+"""`StreamBackend`: one peer stream at a time bridged to the chardev.
+
+While there is no peer, `can_read()` is 0: client data waits in the char device's
+queue under its budget, so nothing accepted is dropped while the backend is away. The
+port sees OPENED when a peer is up and CLOSED when it goes (PORT_EVENT for port
+clients). A peer's failure (a reset included) is logged with its cause and never
+raises out of the backend; bytes left for a peer that is gone are dropped and counted
+(`dropped`), never carried to another peer.
+
+The session boundary (`end_session`, called by the channel once the device handed over
+everything the departed client sent) gives a per-session peer until the drain
+deadline to take those bytes, then closes it. A *standing* backend (a usbredir
+channel's, connecting.py) opens the guest side once its peer has spoken, and keeps what
+the peer says before its first client for that client (`early_words.py`).
+
+The states tasks wait on are trio_util values: whether a client is attached, whether
+a peer is bridged, and whether the writer has sent everything it was given.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import trio
+from trio_util import AsyncBool, wait_any
+
+from ..chardev import ChrEvent, SpiceChardev
+from .early_words import EarlyWords
+
+# the stream backends' log lines keep the name they had before the split
+log = logging.getLogger("trivmc.backends.stream")
+
+OUT_LIMIT = 256 * 1024
+RECEIVE_SIZE = 64 * 1024
+DEFAULT_DRAIN = 2.0  # seconds a departed client's bytes have to reach its peer
+
+
+class StreamBackend:
+    """Bridges one peer stream at a time to a SpiceChardev."""
+
+    name = "stream"
+    per_session = False  # a peer per client session (connecting backends)
+    standing = False  # follow the peer as a usbredir channel does (see connecting.py)
+
+    def __init__(self, drain: float = DEFAULT_DRAIN) -> None:
+        self.chardev: SpiceChardev | None = None
+        self.peer: trio.abc.Stream | None = None
+        self.session = 0  # client sessions seen (OPENED events)
+        self.drain = drain
+        self.dropped = 0  # bytes for a peer that went away or a session that ended
+        self._dropped_at_leave = 0  # `dropped` when the client left (CLOSED)
+        self.peers_served = 0
+        self.breaks = 0
+        self._attached = AsyncBool(False)  # a client is attached (OPENED, not CLOSED)
+        self._bridging = AsyncBool(False)  # a peer is bridged (`bridge` runs)
+        self._bridge_scope: trio.CancelScope | None = None
+        self._out = bytearray()  # for the peer, not handed to it yet
+        self._sending = 0  # bytes the peer's send_all has and has not finished with
+        # the writer has nothing left to send (True implies out_bytes == 0); `read`
+        # clears it, the writer sets it when it finds nothing more
+        self._out_idle = AsyncBool(True)
+        self._early = EarlyWords()  # a standing peer's first words, kept for a client
+        self._peer_had_client = False  # the current peer has served a client
+        self._ending_session = False  # the peer is being closed at a session boundary
+        self.ended_at_boundary = False  # the last peer was closed by a session boundary
+        self.spoke = False  # the current (or last) peer has sent something
+
+    @property
+    def opens_later(self) -> bool:
+        """A standing backend's guest side opens once its peer is connected."""
+        return self.standing
+
+    @property
+    def client_attached(self) -> bool:
+        """A client is attached (between its OPENED and CLOSED)."""
+        return bool(self._attached.value)
+
+    # ---- CharBackend -----------------------------------------------------------
+
+    @property
+    def out_bytes(self) -> int:
+        """Bytes taken for the peer and not yet sent to it."""
+        return len(self._out) + self._sending
+
+    def can_read(self) -> int:
+        if self.peer is None or not self._peer_had_client:
+            return 0  # (a standing peer takes bytes only from its own session's client)
+        return max(0, OUT_LIMIT - self.out_bytes)
+
+    def read(self, data: memoryview) -> None:
+        self._out += data
+        self._out_idle.value = False
+
+    def event(self, event: ChrEvent) -> None:
+        if event == ChrEvent.BREAK:
+            self.breaks += 1
+            log.info("%s: BREAK from the client (a byte stream has no break: ignored)", self.name)
+            return
+        self._attached.value = event == ChrEvent.OPENED
+        if self.client_attached:
+            self.session += 1
+            if self.peer is not None and not self._peer_had_client:
+                self._peer_had_client = True
+                assert self.chardev is not None
+                self._early.hand_over(self.chardev)
+        else:
+            self._dropped_at_leave = self.dropped
+
+    async def wait_client(self, attached: bool) -> None:
+        """Return once a client is attached (`attached`) or none is, as seen when this
+        task runs (a client that came and went before it did is not waited for)."""
+        while self.client_attached != attached:
+            await self._attached.wait_value(attached)
+
+    # ---- bridging one peer -----------------------------------------------------
+
+    async def _peer_to_chardev(self, stream: trio.abc.Stream) -> None:
+        assert self.chardev is not None
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                break
+            self.spoke = True
+            if self.standing and not self.chardev.fe_open:
+                # QEMU's usb-redir accepts a connection as soon as its chardev exists,
+                # but speaks (its hello) only once the device is there: that is "open"
+                self.chardev.set_fe_open(True)
+            if not self._peer_had_client:  # a standing peer before its client: keep it
+                full = self._early.keep(data)
+                del data
+                if full:
+                    await self.wait_client(True)  # read on once a client took it
+                continue
+            await self.chardev.send(data)
+            del data  # not kept alive while waiting for the next read
+        log.info("%s: peer closed its side", self.name)
+
+    async def _chardev_to_peer(self, stream: trio.abc.Stream) -> None:
+        assert self.chardev is not None
+        while True:
+            if not self._out:
+                self._out_idle.value = True
+                await self._out_idle.wait_value(False)
+                continue
+            # handed over as it is (no copy), and a fresh buffer takes what comes next,
+            # so no buffer keeps the capacity of a past burst
+            data, self._out = self._out, bytearray()
+            self._sending = len(data)
+            await self._send_counted(stream, data)
+            self._sending = 0  # (left set when cancelled: `_drop_out` counts the rest)
+            del data  # sent: not kept alive while waiting for more
+            self.chardev.accept_input()
+
+    async def _send_counted(self, stream: trio.abc.Stream, data: bytearray) -> None:
+        """Send `data`, keeping `_sending` at what the peer has not taken yet, so that a
+        send cancelled half-way counts as dropped only what never left. A socket's
+        `send` is all-or-nothing under cancellation (trio's guarantee), so with a
+        socket the count is exact; other streams count their whole send."""
+        sock = getattr(stream, "socket", None)
+        if sock is None:
+            await stream.send_all(data)
+            return
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(view):
+                with view[sent:] as rest:
+                    n = await sock.send(rest)
+                sent += n
+                self._sending -= n
+
+    def _drop_out(self) -> int:
+        """Drop the bytes waiting for the peer (it is gone, or its session ended); the
+        writer is not running (it ended with the bridge)."""
+        dropped = len(self._out) + self._sending
+        self._out = bytearray()
+        self._sending = 0
+        self.dropped += dropped
+        self._out_idle.value = True  # nothing is left for it: `wait_out_drained` returns
+        return dropped
+
+    async def wait_out_drained(self) -> None:
+        """Return once every byte taken for the peer was sent to it (or there is no
+        peer any more: then they are dropped)."""
+        while self.out_bytes and self.peer is not None:
+            await self._out_idle.wait_value(True)
+
+    async def wait_undeliverable(self) -> None:
+        """Return once the departed client's bytes can reach no peer any more: a
+        per-session peer that is gone is never replaced for a client that has left.
+        A persistent pipe may get a peer later, so it never returns."""
+        if not self.per_session:
+            await trio.sleep_forever()
+        while self.peer is not None and self._peer_had_client:
+            await self._bridging.wait_value(False)  # (a peer is set only while bridging)
+
+    async def end_session(self, deadline: float) -> int:
+        """The client left and the device handed over all it sent: a per-session peer
+        gets until `deadline` (trio time) to take the rest, then it is closed; return
+        the bytes of the departed client dropped since it left (by the bridge too, when
+        the peer went or was closed with bytes left). A persistent pipe keeps its peer
+        and its bytes (0)."""
+        if not self.per_session:
+            return 0
+        with trio.move_on_at(deadline):
+            await self.wait_out_drained()
+        self.peer = None  # from now on nothing more is taken for it
+        if self._bridge_scope is not None:
+            self._ending_session = True
+            self._bridge_scope.cancel()
+            # its CLOSED is the old session's, not the next's
+            await self._bridging.wait_value(False)
+        self._drop_out()
+        return self.dropped - self._dropped_at_leave
+
+    async def bridge(self, stream: trio.abc.Stream) -> None:
+        """Serve `stream` as the peer until it closes or its session ends; never raises
+        for the peer's failure. Bytes left for it are dropped, not carried on."""
+        assert self.chardev is not None
+        self.peer = stream
+        self.peers_served += 1
+        self._bridging.value = True
+        self._peer_had_client = self.client_attached or not self.standing
+        self._early.clear()
+        self.spoke = False  # the peer has sent something
+        if not self.standing:
+            self.chardev.set_fe_open(True)  # (a standing peer: once it has spoken)
+        self.chardev.accept_input()
+        try:
+            with trio.CancelScope() as self._bridge_scope:
+                async with stream:  # until the peer ends (the writer never does)
+                    await wait_any(
+                        functools.partial(self._peer_to_chardev, stream),
+                        functools.partial(self._chardev_to_peer, stream),
+                    )
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            why = "; ".join(str(e.__cause__ or e) for e in group.exceptions)
+            log.warning("%s: peer lost: %s", self.name, why)
+        finally:
+            self._bridge_scope = None
+            if self.peer is stream:
+                self.peer = None
+            dropped = self._drop_out()  # (also: `end_session` need not wait)
+            if dropped and not self._ending_session:  # (a boundary logs its own drops)
+                log.warning("%s: %d bytes for a peer that is gone: dropped", self.name, dropped)
+            self._early.clear()
+            self.ended_at_boundary = self._ending_session
+            if not (self.standing and self._ending_session):
+                self.chardev.set_fe_open(False)  # (a standing peer is replaced at once)
+            self._ending_session = False
+            self._bridging.value = False  # (also: `wait_undeliverable` looks again)
+
+    async def run(self, chardev: SpiceChardev) -> None:
+        self.chardev = chardev
+        await self.serve()
+
+    async def serve(self) -> None:  # pragma: no cover - subclasses
+        raise NotImplementedError
