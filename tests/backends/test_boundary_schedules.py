@@ -306,8 +306,10 @@ class TakingDevice(CharDevice):
         self.taken: defaultdict[int, bytearray] = defaultdict(bytearray)
         self._session = session
 
-    def try_write(self, data: bytes | bytearray | memoryview) -> bool:
-        took = super().try_write(data)
+    def try_write(
+        self, data: bytes | bytearray | memoryview, compressed_size: int | None = None
+    ) -> bool:
+        took = super().try_write(data, compressed_size)
         if took:
             self.taken[self._session()] += data
         return took

@@ -5,6 +5,7 @@ from __future__ import annotations
 import trio
 
 from trivmc.chardev import ChrEvent, DeviceSubtype
+from trivmc.chardev.interface import DeviceData
 
 
 class ScriptedInstance:
@@ -49,9 +50,10 @@ class FakeClient:
         self.received = bytearray()
         self._changed = trio.Event()
 
-    def push_device_data(self, data: bytes) -> None:
+    def push_device_data(self, data: DeviceData) -> int | None:
         self.queued_bytes += len(data)
         self.received += data
+        return None  # sent as it is (DATA)
 
     async def wait_queued_below(self, limit: int) -> None:
         while self.queued_bytes >= limit:

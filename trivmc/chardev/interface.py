@@ -71,12 +71,15 @@ class CharBackend(Protocol):
 class DeviceClient(Protocol):
     """What the CharDevice needs of an attached channel client (device -> client).
 
-    `push_device_data` queues without blocking; `queued_bytes` counts bytes queued and
-    not yet sent, and `wait_queued_below(limit)` returns once it is below `limit`.
+    `push_device_data` queues without blocking and says how: None when the bytes went
+    as they are (DATA), else the size of the compressed block they went as
+    (COMPRESSED_DATA; the device counts it, stats.py). `queued_bytes` counts bytes
+    queued and not yet sent, and `wait_queued_below(limit)` returns once it is below
+    `limit`.
     """
 
     queued_bytes: int
 
-    def push_device_data(self, data: DeviceData) -> None: ...
+    def push_device_data(self, data: DeviceData) -> int | None: ...
 
     async def wait_queued_below(self, limit: int) -> None: ...

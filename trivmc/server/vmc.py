@@ -57,51 +57,38 @@ class VmcChannelClient(ChannelClient):
         self.max_decompressed = self.decoder.max_size
         self.connection_id = 0  # its session's
 
-    def push_device_data(self, data: DeviceData) -> None:
-        """Queue device bytes as DATA or COMPRESSED_DATA, counted as spicevmc.cpp does:
-        `out_data` the bytes sent plain, `out_uncompressed` / `out_compressed` the bytes
-        sent compressed before and after LZ4."""
-        stats = self.channel.device.stats
+    def push_device_data(self, data: DeviceData) -> int | None:
+        """Queue device bytes as DATA or COMPRESSED_DATA (the LZ4 rules); return None,
+        or the LZ4 block's size when compressed: the device counts them (stats.py)."""
         mtype, body = vmc_payload(data, self.peer_lz4, self.is_unix)
-        if mtype == MsgVmc.COMPRESSED_DATA:
-            stats.out_compressed += len(body) - COMPRESSED_HEAD_SIZE
-            stats.out_uncompressed += len(data)
-        else:
-            stats.out_data += len(data)
         self.send(mtype, body)
+        if mtype == MsgVmc.COMPRESSED_DATA:
+            return len(body) - COMPRESSED_HEAD_SIZE
+        return None
 
     def handle_now(self, mtype: int, body: Body) -> bool:
         """DATA (and COMPRESSED_DATA, decompressed only when the device takes it now)
         for an idle device is written at once, with no token round trip; anything else
-        takes `handle_message`. `in_data` counts a DATA payload once the device took it."""
+        takes `handle_message`. The device counts what it takes (stats.py)."""
         device = self.channel.device
         if mtype == MsgcVmc.DATA:
-            if device.try_write(body):
-                device.stats.in_data += len(body)
-                return True
-            return False
+            return device.try_write(body)
         if mtype == MsgcVmc.COMPRESSED_DATA and device.writes_now:
-            return device.try_write(self._decompress(body))
+            return device.try_write(self._decompress(body), len(body) - COMPRESSED_HEAD_SIZE)
         return False
 
     def _decompress(self, body: Body) -> bytes:
-        """The stated size is checked against the bound before anything is allocated;
-        `in_compressed` / `in_decompressed` count the LZ4 block and its output."""
-        data = decompress_body(body, self.max_decompressed)
-        stats = self.channel.device.stats
-        stats.in_compressed += len(body) - COMPRESSED_HEAD_SIZE
-        stats.in_decompressed += len(data)
-        return data
+        """The stated size is checked against the bound before anything is allocated."""
+        return decompress_body(body, self.max_decompressed)
 
     async def handle_message(self, mtype: int, body: Body) -> None:
         device = self.channel.device
         if mtype == MsgcVmc.DATA:
-            buf = await device.get_write_buffer(body)
-            device.stats.in_data += len(body)
-            device.write_buffer_add(buf)
+            device.write_buffer_add(await device.get_write_buffer(body))
         elif mtype == MsgcVmc.COMPRESSED_DATA:
             # room in the byte budget first, then the decompressed bytes (counted in it)
-            async with device.write_buffer(compressed=True) as buf:
+            block = len(body) - COMPRESSED_HEAD_SIZE
+            async with device.write_buffer(compressed_size=block) as buf:
                 buf.data = self._decompress(body)
         elif mtype == MsgcVmc.PORT_EVENT:
             self.channel.chardev.event(PortEventMsg.decode(body).event)
