@@ -505,14 +505,14 @@ class Rig:
         self.nursery = nursery
         self.backend = ScriptedBackend(setup.reconnect, setup.drain, setup.chunks)
         channel = VmcChannel(ChannelType.PORT, 0, self.backend, PORT)
-        # the same device, recording what it takes (built as VmcChannel builds its own)
+        # the same device, recording what it takes (built as VmcChannel builds its own;
+        # it attaches itself to the frontend in place of that one)
         channel.device = TakingDevice(
             channel.chardev,
             lambda: self.backend.session,
             byte_budget=setup.budget,
             client_queue_limit=setup.client_queue_limit,
         )
-        channel.chardev.attach(channel.device)
         self.backend.channel = channel
         self.channel = channel
         self.clients: list[Client] = []

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import trio
 
-from trivmc.chardev import ChrEvent, DeviceSubtype
+from trivmc.chardev import ChrEvent, DeviceWakeups
 from trivmc.chardev.interface import DeviceData
 
 
 class ScriptedInstance:
     """A DeviceInstance taking at most `per_write` bytes per write (0 = stalled)."""
 
-    subtype = DeviceSubtype.PORT
-    port_name: str | None = "test"
+    device: DeviceWakeups | None = None
 
     def __init__(self, per_write: int = 1 << 30) -> None:
         self.per_write = per_write
@@ -21,6 +20,9 @@ class ScriptedInstance:
         self.to_read: list[bytes] = []
         self.states: list[bool] = []
         self.events: list[int] = []
+
+    def attach(self, device: DeviceWakeups) -> None:
+        self.device = device
 
     def write(self, data: memoryview) -> int:
         self.write_times.append(trio.current_time())

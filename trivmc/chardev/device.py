@@ -62,7 +62,11 @@ _EMPTY, _FULL, _BATCH, _OFF = _Stop.EMPTY, _Stop.FULL, _Stop.BATCH, _Stop.OFF
 
 
 class CharDevice:
-    """A char device with its write queue, self tokens, writer and reader tasks."""
+    """A char device with its write queue, self tokens, writer and reader tasks.
+
+    Built with its instance, which it attaches itself to (`instance.attach(self)`),
+    so the instance's wakeups reach it from then on.
+    """
 
     def __init__(
         self,
@@ -100,6 +104,7 @@ class CharDevice:
         self._reading = False  # a read is running (synchronous: only re-entry sees it)
         self._client: DeviceClient | None = None
         self._reader_wait: trio.CancelScope | None = None  # the reader's wait for a client
+        instance.attach(self)
 
     # ---- accounting ------------------------------------------------------------
 

@@ -34,15 +34,25 @@ DeviceData = bytes | memoryview
 `bytes` (immutable either way, so they are queued and sent without a copy)."""
 
 
+class DeviceWakeups(Protocol):
+    """What a device instance calls on its device: `wakeup()` (it may have data to
+    read: spice_server_char_device_wakeup) and `wakeup_writable()` (it can take more)."""
+
+    def wakeup(self) -> None: ...
+
+    def wakeup_writable(self) -> None: ...
+
+
 class DeviceInstance(Protocol):
     """spice-server's SpiceCharDeviceInterface, as the CharDevice calls it.
 
-    `write` returns how many bytes it took (0..len); `read` returns at most `max_size`
-    bytes, empty when there is nothing now; both never block.
+    `attach(device)` is called once, by the device's constructor (spice-server sets
+    the instance's `st` there): the instance wakes that device from then on. `write`
+    returns how many bytes it took (0..len); `read` returns at most `max_size` bytes,
+    empty when there is nothing now; neither blocks.
     """
 
-    subtype: DeviceSubtype
-    port_name: str | None
+    def attach(self, device: DeviceWakeups) -> None: ...
 
     def write(self, data: memoryview) -> int: ...
 

@@ -122,11 +122,6 @@ class VmcChannel:
         self.backend = backend
         if channel_type == ChannelType.USBREDIR and hasattr(backend, "standing"):
             backend.standing = True  # follow QEMU's usb-redir (backends/stream.py)
-        self.chardev = SpiceChardev(backend, subtype, port_name)
-        self.device = CharDevice(self.chardev, byte_budget=byte_budget)
-        self.chardev.attach(self.device)
-        self.chardev.on_port_event = self._on_port_event
-        self.chardev.on_fe_open = self._on_fe_open
         self.on_available: Callable[[VmcChannel], None] | None = None  # set by the server
         self.removed = False  # taken out of the server: never offered again
         self.client: VmcChannelClient | None = None  # linked (maybe still waiting)
@@ -141,6 +136,16 @@ class VmcChannel:
         self._nursery: trio.Nursery | None = None
         self._client_gone = trio.Event()
         self._client_gone.set()
+        # wired in one step: the frontend gets the channel's callbacks, the device
+        # attaches itself to the frontend (its instance)
+        self.chardev = SpiceChardev(
+            backend,
+            subtype,
+            port_name,
+            on_port_event=self._on_port_event,
+            on_fe_open=self._on_fe_open,
+        )
+        self.device = CharDevice(self.chardev, byte_budget=byte_budget)
 
     @property
     def key(self) -> tuple[int, int]:
