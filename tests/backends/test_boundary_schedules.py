@@ -575,7 +575,7 @@ class Rig:
     async def boundary_over(self) -> None:
         """Wait until the last client to leave is detached and its boundary is over."""
         await self.clients[-1].done.wait()
-        await self.channel._session_over.wait()
+        await self.channel._session_over.wait_value(True)
 
     async def finish(self) -> None:
         """The last client leaves; wait for its boundary and every connect attempt."""

@@ -18,10 +18,11 @@ server, which announces the channel to every connected session.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import trio
 
+from .._trio_util import AsyncBool, AsyncValue, wait_any
 from ..backends import Backend
 from ..backends.stream import DEFAULT_DRAIN
 from ..chardev import CharDevice, DeviceSubtype, SpiceChardev
@@ -124,18 +125,15 @@ class VmcChannel:
             backend.standing = True  # follow QEMU's usb-redir (backends/stream.py)
         self.on_available: Callable[[VmcChannel], None] | None = None  # set by the server
         self.removed = False  # taken out of the server: never offered again
-        self.client: VmcChannelClient | None = None  # linked (maybe still waiting)
+        self._linked = AsyncValue[VmcChannelClient | None](None)  # `client`
         self._attached: VmcChannelClient | None = None  # attached to the device
         self.clients_served = 0
         self.clients_refused = 0
         self.drain = float(getattr(backend, "drain", DEFAULT_DRAIN))
         self.bytes_dropped = 0  # a departed client's bytes not delivered by the deadline
         self.traffic = Traffic()  # of the clients that ended (`traffic_now`: all)
-        self._session_over = trio.Event()  # the last client's session boundary is done
-        self._session_over.set()
+        self._session_over = AsyncBool(True)  # the last client's session boundary is done
         self._nursery: trio.Nursery | None = None
-        self._client_gone = trio.Event()
-        self._client_gone.set()
         # wired in one step: the frontend gets the channel's callbacks, the device
         # attaches itself to the frontend (its instance)
         self.chardev = SpiceChardev(
@@ -146,6 +144,11 @@ class VmcChannel:
             on_fe_open=self._on_fe_open,
         )
         self.device = CharDevice(self.chardev, byte_budget=byte_budget)
+
+    @property
+    def client(self) -> VmcChannelClient | None:
+        """The linked client (maybe still waiting for the previous session's end)."""
+        return self._linked.value
 
     @property
     def key(self) -> tuple[int, int]:
@@ -198,20 +201,21 @@ class VmcChannel:
                 nursery.start_soon(self.backend.run, self.chardev)
         finally:
             self._nursery = None
-            self._session_over.set()
+            self._session_over.value = True
 
     def _begin_boundary(self) -> None:
-        """The attached client left: end its session before the next client starts."""
-        over = self._session_over = trio.Event()
+        """The attached client left: end its session before the next client starts
+        (one boundary at a time: the next client waits for this one)."""
+        self._session_over.value = False
         if self._nursery is not None:
             try:
-                self._nursery.start_soon(self._end_session, over)
+                self._nursery.start_soon(self._end_session)
                 return
             except RuntimeError:  # closed: run() is ending (the channel is being stopped)
                 pass
         # not running: nothing can be delivered any more
         self.bytes_dropped += self.device.reset()
-        over.set()
+        self._session_over.value = True
 
     async def _queue_delivered_or_undeliverable(self) -> None:
         """Return once the device's queue is empty, or once the backend says no peer
@@ -220,17 +224,10 @@ class VmcChannel:
         undeliverable = getattr(self.backend, "wait_undeliverable", None)
         if undeliverable is None:
             await self.device.wait_queue_empty()
-            return
-        async with trio.open_nursery() as nursery:
+        else:
+            await wait_any(self.device.wait_queue_empty, undeliverable)
 
-            async def first(wait: Callable[[], Awaitable[None]]) -> None:
-                await wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(first, self.device.wait_queue_empty)
-            nursery.start_soon(first, undeliverable)
-
-    async def _end_session(self, over: trio.Event) -> None:
+    async def _end_session(self) -> None:
         """The session boundary: what the departed client sent gets until the drain
         deadline to reach its backend peer (the device's queue, then the backend's
         own buffer); the rest is dropped and counted, never given to another peer.
@@ -253,11 +250,11 @@ class VmcChannel:
                     self.drain,
                 )
         finally:
-            over.set()
+            self._session_over.value = True
 
     async def wait_no_client(self) -> None:
         """Return once no client is linked to this channel."""
-        await self._client_gone.wait()
+        await self._linked.wait_value(None)
 
     def disconnect_client(self) -> None:
         """Disconnect the current client, if any (its `run()` returns)."""
@@ -271,11 +268,10 @@ class VmcChannel:
             self.clients_refused += 1
             log.warning("%s: refusing a second client (the first keeps the channel)", self.label)
             return
-        self.client = client
-        self._client_gone = trio.Event()
+        self._linked.value = client
         self.clients_served += 1
         try:
-            await self._session_over.wait()  # the previous client's boundary
+            await self._session_over.wait_value(True)  # the previous client's boundary
             if not self.available:
                 log.info("%s: closing a client: the channel is not offered now", self.label)
                 return
@@ -293,5 +289,4 @@ class VmcChannel:
                     self._begin_boundary()
             finally:  # the channel is free again whatever happened above
                 self.traffic.add(client)
-                self.client = None
-                self._client_gone.set()
+                self._linked.value = None
