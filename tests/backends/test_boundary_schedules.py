@@ -306,8 +306,10 @@ class TakingDevice(CharDevice):
         self.taken: defaultdict[int, bytearray] = defaultdict(bytearray)
         self._session = session
 
-    def try_write(self, data: bytes | bytearray | memoryview) -> bool:
-        took = super().try_write(data)
+    def try_write(
+        self, data: bytes | bytearray | memoryview, compressed_size: int | None = None
+    ) -> bool:
+        took = super().try_write(data, compressed_size)
         if took:
             self.taken[self._session()] += data
         return took
@@ -503,14 +505,14 @@ class Rig:
         self.nursery = nursery
         self.backend = ScriptedBackend(setup.reconnect, setup.drain, setup.chunks)
         channel = VmcChannel(ChannelType.PORT, 0, self.backend, PORT)
-        # the same device, recording what it takes (built as VmcChannel builds its own)
+        # the same device, recording what it takes (built as VmcChannel builds its own;
+        # it attaches itself to the frontend in place of that one)
         channel.device = TakingDevice(
             channel.chardev,
             lambda: self.backend.session,
             byte_budget=setup.budget,
             client_queue_limit=setup.client_queue_limit,
         )
-        channel.chardev.attach(channel.device)
         self.backend.channel = channel
         self.channel = channel
         self.clients: list[Client] = []
@@ -573,7 +575,7 @@ class Rig:
     async def boundary_over(self) -> None:
         """Wait until the last client to leave is detached and its boundary is over."""
         await self.clients[-1].done.wait()
-        await self.channel._session_over.wait()
+        await self.channel._session_over.wait_value(True)
 
     async def finish(self) -> None:
         """The last client leaves; wait for its boundary and every connect attempt."""

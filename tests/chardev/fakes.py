@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import trio
 
-from trivmc.chardev import ChrEvent, DeviceSubtype
+from trivmc.chardev import ChrEvent, DeviceWakeups
+from trivmc.chardev.interface import DeviceData
 
 
 class ScriptedInstance:
     """A DeviceInstance taking at most `per_write` bytes per write (0 = stalled)."""
 
-    subtype = DeviceSubtype.PORT
-    port_name: str | None = "test"
+    device: DeviceWakeups | None = None
 
     def __init__(self, per_write: int = 1 << 30) -> None:
         self.per_write = per_write
@@ -20,6 +20,9 @@ class ScriptedInstance:
         self.to_read: list[bytes] = []
         self.states: list[bool] = []
         self.events: list[int] = []
+
+    def attach(self, device: DeviceWakeups) -> None:
+        self.device = device
 
     def write(self, data: memoryview) -> int:
         self.write_times.append(trio.current_time())
@@ -49,9 +52,10 @@ class FakeClient:
         self.received = bytearray()
         self._changed = trio.Event()
 
-    def push_device_data(self, data: bytes) -> None:
+    def push_device_data(self, data: DeviceData) -> int | None:
         self.queued_bytes += len(data)
         self.received += data
+        return None  # sent as it is (DATA)
 
     async def wait_queued_below(self, limit: int) -> None:
         while self.queued_bytes >= limit:

@@ -74,11 +74,11 @@ async def test_data_set_after_room_is_counted(autojump_clock: trio.testing.MockC
     dev = CharDevice(ScriptedInstance(per_write=0), byte_budget=1000)
     async with trio.open_nursery() as n:
         await n.start(dev.run)
-        async with dev.write_buffer(compressed=True) as buf:
+        async with dev.write_buffer(compressed_size=100) as buf:
             buf.data = b"z" * 5000
         assert dev.buffered_bytes == 5000
         with trio.move_on_after(1):
-            async with dev.write_buffer(compressed=True) as buf:
+            async with dev.write_buffer(compressed_size=1) as buf:
                 pytest.fail("no room: the block must not run")
         n.cancel_scope.cancel()
     assert dev.idle  # the device's run() released the queue on the way out

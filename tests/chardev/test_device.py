@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trivmc.chardev import CLIENT_QUEUE_LIMIT, MAX_READ, VMC_TOKENS, CharDevice
+from trivmc.chardev.interface import DeviceData
 
 from .fakes import FakeClient, ScriptedInstance
 
@@ -309,3 +310,64 @@ async def test_try_write_hot_path(autojump_clock: trio.testing.MockClock) -> Non
         n.cancel_scope.cancel()
     assert bytes(inst.written) == b"abcdefghij"
     assert dev.tokens_free == VMC_TOKENS and dev.outstanding_buffers == 0
+
+
+async def test_a_wakeup_from_inside_a_read_is_read_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A wakeup re-entered through the client (more device data while a chunk is being
+    pushed) does not start a nested read: the reader task reads on, in order."""
+    inst = ScriptedInstance()
+    dev = CharDevice(inst)
+    more = [b"c", b"d"]
+
+    class EchoingClient(FakeClient):
+        def push_device_data(self, data: DeviceData) -> int | None:
+            super().push_device_data(data)
+            if more:
+                inst.to_read.append(more.pop(0))
+                dev.wakeup()  # from inside the read that pushed `data`
+            return None
+
+    client = EchoingClient()
+    async with trio.open_nursery() as n:
+        await n.start(dev.run)
+        dev.attach_client(client)
+        inst.to_read = [b"a", b"b"]
+        dev.wakeup()
+        assert bytes(client.received) == b"abcd"  # the outer read went on, in order
+        await trio.testing.wait_all_tasks_blocked()
+        inst.to_read.append(b"e")
+        dev.wakeup()
+        assert bytes(client.received) == b"abcde"  # inline again: the flag was consumed
+        n.cancel_scope.cancel()
+
+
+async def test_stats_count_what_passes(autojump_clock: trio.testing.MockClock) -> None:
+    """spicevmc's counters, counted by the device: DATA payloads and decompressed
+    COMPRESSED_DATA once accepted (hot and slow path), device bytes once pushed, by how
+    the client sent them."""
+
+    class CompressingClient(FakeClient):
+        def push_device_data(self, data: DeviceData) -> int | None:
+            super().push_device_data(data)
+            return len(data) // 2 if len(data) > 3 else None  # "compressed" past 3 bytes
+
+    inst = ScriptedInstance()
+    dev = CharDevice(inst)
+    client = CompressingClient()
+    async with trio.open_nursery() as n:
+        await n.start(dev.run)
+        dev.attach_client(client)
+        assert dev.try_write(b"abc")
+        assert dev.try_write(b"x" * 40, compressed_size=7)
+        dev.write_buffer_add(await dev.get_write_buffer(b"de"))
+        async with dev.write_buffer(compressed_size=5) as buf:
+            buf.data = b"y" * 30
+        inst.to_read = [b"12", b"345678"]
+        dev.wakeup()
+        n.cancel_scope.cancel()
+    st = dev.stats
+    assert (st.in_data, st.in_compressed, st.in_decompressed) == (5, 12, 70)
+    assert (st.out_data, st.out_compressed, st.out_uncompressed) == (2, 3, 6)
+    assert st.written == 75 and st.read == 8 and st.dropped == 0

@@ -61,9 +61,8 @@ def test_read_hands_whole_chunks_over_without_a_copy() -> None:
 
 
 def test_port_fe_open_announced_once() -> None:
-    fe = SpiceChardev(CollectingBackend(), DeviceSubtype.PORT, "p")
     seen: list[int] = []
-    fe.on_port_event = seen.append
+    fe = SpiceChardev(CollectingBackend(), DeviceSubtype.PORT, "p", on_port_event=seen.append)
     fe.set_fe_open(True)
     fe.set_fe_open(True)
     fe.set_fe_open(False)
@@ -72,8 +71,7 @@ def test_port_fe_open_announced_once() -> None:
 
 async def test_send_waits_while_blocked(autojump_clock: trio.testing.MockClock) -> None:
     fe = SpiceChardev(CollectingBackend())
-    dev = CharDevice(fe)
-    fe.attach(dev)
+    dev = CharDevice(fe)  # attaches itself: the frontend wakes it
     client = FakeClient()
     payload = bytes(range(256)) * 4096  # 1 MiB > the pending limit
     async with trio.open_nursery() as n:
@@ -90,8 +88,7 @@ async def test_record_then_replay_byte_for_byte(autojump_clock: trio.testing.Moc
     file = io.BytesIO()
     rec = RecordingBackend(inner, file)
     fe = SpiceChardev(rec)
-    dev = CharDevice(fe)
-    fe.attach(dev)
+    dev = CharDevice(fe)  # attaches itself: the frontend wakes it
     client = FakeClient()
     chunks = [bytes([i]) * (100 * i + 1) for i in range(30)]
     async with trio.open_nursery() as n:

@@ -144,7 +144,6 @@ async def test_the_frontend_records_both_directions(
     backend = EchoBackend()
     chardev = SpiceChardev(backend, DeviceSubtype.PORT, "org.test.0")
     device = CharDevice(chardev)
-    chardev.attach(device)
     file = io.BytesIO()
     chardev.recorder = Recorder(file, "test")
     client = FakeClient()

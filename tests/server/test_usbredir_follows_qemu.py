@@ -267,7 +267,7 @@ async def test_qemu_lost_during_the_boundary_gets_no_bytes_on_its_new_connection
         left = trio.current_time()
         conn_a.close()  # QEMU drops it during the boundary
         conn_b = await qemu.accept(b"HELLO-B")
-        await settle(lambda: channel._session_over.is_set())
+        await settle(lambda: channel._session_over.value)
         assert trio.current_time() - left < 5  # not the 30 s deadline
         assert channel.bytes_dropped > 0
         async with connect(uri, lz4=False) as b:

@@ -4,16 +4,17 @@ See docs/chardev.md for ownership and the record file format.
 """
 
 from .buffer import WriteBuffer
-from .device import (
-    CLIENT_QUEUE_LIMIT,
-    MAX_READ,
-    RETRY_INTERVAL,
-    VMC_TOKENS,
-    CharDevice,
-    DeviceStats,
-)
+from .device import CLIENT_QUEUE_LIMIT, MAX_READ, RETRY_INTERVAL, VMC_TOKENS, CharDevice
 from .frontend import PENDING_LIMIT, SpiceChardev
-from .interface import CharBackend, ChrEvent, DeviceClient, DeviceInstance, DeviceSubtype
+from .interface import (
+    CharBackend,
+    ChrEvent,
+    DeviceClient,
+    DeviceInstance,
+    DeviceSubtype,
+    DeviceWakeups,
+)
+from .stats import DeviceStats
 
 __all__ = [
     "CLIENT_QUEUE_LIMIT",
@@ -28,6 +29,7 @@ __all__ = [
     "DeviceInstance",
     "DeviceStats",
     "DeviceSubtype",
+    "DeviceWakeups",
     "SpiceChardev",
     "WriteBuffer",
 ]

@@ -2,100 +2,71 @@
 
 Client -> device: `await get_write_buffer(data)` takes a self token (128 for a VMC
 device) and waits while the bytes buffered for the device reach its byte budget (both
-stop the caller reading its socket, so TCP pushes back on the client); then
-`write_buffer_add(buf)` writes it at once when the device is idle (as spice-server
-does) and queues what is left on a memory channel; the writer task writes queued
-buffers in order, keeping the unwritten rest of a partial write, and retries when the
-instance signals `wakeup_writable()` or after `RETRY_INTERVAL`. Bound: at most
-`byte_budget` bytes plus one buffer are ever held (`buffered_bytes`).
+stop the caller reading its socket, so TCP pushes back on the client);
+`write_buffer_add(buf)` (or `try_write(data)`: no buffer object, a token free) writes
+at once when the device runs with nothing queued, as spice-server does, and queues
+what the instance does not take; the writer task writes the queue's head in place,
+retrying a partial write on `wakeup_writable()` or after `RETRY_INTERVAL`. At most
+`byte_budget` bytes plus one buffer are held (`buffered_bytes`).
 
-Device -> client: `wakeup()` makes the reader task read chunks of at most `max_read`
-bytes while a client is attached and the device runs, until the instance has nothing;
-it pauses while the client has `client_queue_limit` bytes or more queued.
+Device -> client: `wakeup()` reads at once, inside the call, until the instance has
+nothing; at `client_queue_limit` bytes queued for the client the reader task takes over.
+
+Invariants (between two scheduling points): `buffered_bytes` is the sum of the queued
+buffers' sizes; the tokens in use (`outstanding_buffers`) are the buffers alive (being
+filled by a client, or queued); the writer holds no buffer across an await (it writes
+the queue's head in place, pops it once written), so `reset()` may drop the whole
+queue at any time; one read runs at a time (a read is synchronous from
+`instance.read()` to `push_device_data()`; a `wakeup()` from inside one only flags the
+reader task), so chunks reach the client in the order they were read.
 
 Ownership: a WriteBuffer belongs to its filler until `write_buffer_add`, then to the
-queue, then to the writer; each owner releases it on every exit path (cancellation
-included), and `release()` returns the token. Accepted buffers are the device's, not
-the client's: removing a client never drops them; `reset()` does (the channel calls it
-at a session boundary, once the drain deadline passed), and returns every
-token.
+queue; it is released once written or by `reset()` (at a session boundary, once the
+drain deadline passed; and by `run()` on the way out). Accepted buffers are the
+device's, not the client's: removing a client never drops them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
+import enum
 import math
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import trio
 
+from .._trio_util import AsyncBool
 from .buffer import WriteBuffer
 from .interface import DeviceClient, DeviceInstance
-
-log = logging.getLogger(__name__)
+from .stats import DeviceStats
 
 VMC_TOKENS = 128
 BYTE_BUDGET = 4 * 1024 * 1024  # client -> device bytes held per device (docs/limits.md)
 MAX_READ = 64 * 1024 + 32
 CLIENT_QUEUE_LIMIT = 1024 * 1024
-READ_BATCH = 256 * 1024  # bytes read for a client between two scheduling points
+READ_BATCH = 256 * 1024  # bytes the reader task reads between two scheduling points
 RETRY_INTERVAL = 0.1
 
 
-@dataclass
-class DeviceStats:
-    """Byte counters of one device; they only grow.
+class _Stop(enum.Enum):
+    """Why a read stopped."""
 
-    The first six are spice-server's spicevmc counters, with its meanings (spicevmc.cpp;
-    the VMC channel client updates them, docs/chardev.md): a message's bytes count once
-    the device accepted it, a device read's once it is queued for the client. The last
-    three are the device's own: bytes through the instance, and dropped ones.
-    """
-
-    in_data: int = 0  # payload of DATA messages from clients
-    in_compressed: int = 0  # LZ4 block bytes of COMPRESSED_DATA from clients
-    in_decompressed: int = 0  # the bytes those decompressed to
-    out_data: int = 0  # device bytes sent to clients as DATA
-    out_compressed: int = 0  # LZ4 block bytes of COMPRESSED_DATA sent to clients
-    out_uncompressed: int = 0  # device bytes sent to clients as COMPRESSED_DATA
-    written: int = 0  # bytes written into the device instance
-    read: int = 0  # bytes read from the device instance (for a client)
-    dropped: int = 0  # client bytes never written: by reset() (a session boundary) or a stop
+    EMPTY = "the instance has nothing now"
+    FULL = "the client's queue is at its limit"
+    BATCH = "read as much as asked"
+    OFF = "no client, another client, or the device stopped"
 
 
-class _Flag:
-    """A level-triggered wakeup: `set()` is never lost, `wait()` consumes it."""
-
-    __slots__ = ("_event", "_set")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._event = trio.Event()
-
-    def set(self) -> None:
-        self._set = True
-        self._event.set()
-
-    def clear(self) -> None:
-        self._set = False
-        if self._event.is_set():
-            self._event = trio.Event()
-
-    @property
-    def is_set(self) -> bool:
-        return self._set
-
-    async def wait(self) -> None:
-        """Return once set (at once if set already), then clear it."""
-        if not self._set:
-            await self._event.wait()
-        self.clear()
+_EMPTY, _FULL, _BATCH, _OFF = _Stop.EMPTY, _Stop.FULL, _Stop.BATCH, _Stop.OFF
 
 
 class CharDevice:
-    """A char device with its write queue, self tokens, writer and reader tasks."""
+    """A char device with its write queue, self tokens, writer and reader tasks.
+
+    Built with its instance, which it attaches itself to (`instance.attach(self)`),
+    so the instance's wakeups reach it from then on.
+    """
 
     def __init__(
         self,
@@ -110,27 +81,30 @@ class CharDevice:
         self.instance = instance
         self.total_tokens = tokens
         self.byte_budget = byte_budget
-        self.buffered_bytes = 0  # accepted for the device and not yet written
         self.max_read = max_read
         self.client_queue_limit = client_queue_limit
         self.retry_interval = retry_interval
         self.stats = DeviceStats()
-        self.outstanding_buffers = 0  # handed out and not yet released
         self.write_retries = 0  # writes retried after the timer or a wakeup
         self._tokens = trio.Semaphore(tokens)
-        self._send, self._recv = trio.open_memory_channel[WriteBuffer](math.inf)
-        self._queued = 0  # buffers added and not yet done with by the writer
-        self._retry_first = False  # the queued head was partly written inline
-        self._inline_reading = False
-        self._writable = _Flag()
-        self._room = _Flag()  # buffered_bytes went below the budget
-        self._emptied = trio.Event()  # set when the write queue becomes empty
-        self._readable = _Flag()
-        self._running = True
-        self._running_changed = trio.Event()
+        self._release = self._tokens.release  # one bound method for every buffer
+        self._queue: deque[WriteBuffer] = deque()  # in order; the head is being written
+        self._queue_empty = AsyncBool(True)  # the writer waits for work, a drain for none
+        # plain: it changes per queued message (an AsyncValue change costs ~0.5 us);
+        # `_room` (under the budget) and `_queue_empty` change only when they flip
+        self._buffered = 0
+        self._room = AsyncBool(True)
+        self._running = AsyncBool(True)
+        # after a partial write the writer waits for `_stalled` False (a wakeup) or the
+        # timer; a write sets it only when partial with no wakeup during it (`_woken`,
+        # plain: `wakeup_writable()` comes per message), so no wakeup is lost
+        self._stalled = AsyncBool(False)
+        self._woken = False
+        self._readable = AsyncBool(False)  # the reader task must read on
+        self._reading = False  # a read is running (synchronous: only re-entry sees it)
         self._client: DeviceClient | None = None
-        self._reader_scope: trio.CancelScope | None = None
-        self._reset_gen = 0
+        self._reader_wait: trio.CancelScope | None = None  # the reader's wait for a client
+        instance.attach(self)
 
     # ---- accounting ------------------------------------------------------------
 
@@ -139,64 +113,66 @@ class CharDevice:
         return self._tokens.value
 
     @property
+    def outstanding_buffers(self) -> int:
+        """Buffers handed out and not yet released (the tokens in use)."""
+        return self.total_tokens - self._tokens.value
+
+    @property
     def queued_buffers(self) -> int:
-        """Buffers in the write queue, the writer's current one included."""
-        return self._queued
+        """Buffers in the write queue, the one being written included."""
+        return len(self._queue)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes accepted for the device and not yet written."""
+        return self._buffered
 
     @property
     def idle(self) -> bool:
-        """True when every token is free and no buffer or byte is outstanding."""
-        return (
-            self.tokens_free == self.total_tokens
-            and self.outstanding_buffers == 0
-            and self.buffered_bytes == 0
-        )
+        """True when every token is free and no byte is held."""
+        return self._tokens.value == self.total_tokens and self._buffered == 0
 
     # ---- client -> device ------------------------------------------------------
-
-    def _release_token(self) -> None:
-        self.outstanding_buffers -= 1
-        self._tokens.release()
 
     @property
     def has_room(self) -> bool:
         """A token is free and the buffered bytes are under the budget."""
-        return self._tokens.value > 0 and self.buffered_bytes < self.byte_budget
+        return self._tokens.value > 0 and self._buffered < self.byte_budget
 
     @property
     def writes_now(self) -> bool:
         """`try_write` would take data now (the device runs with nothing queued and a
         token free): a caller may make the data (decompress it) just for that."""
-        return not self._queued and self._running and self._tokens.value > 0
+        return not self._queue and self._running.value and self._tokens.value > 0
 
     async def get_write_buffer(
-        self, data: bytes | bytearray | memoryview = b"", compressed: bool = False
+        self, data: bytes | bytearray | memoryview = b"", compressed_size: int | None = None
     ) -> WriteBuffer:
         """Wait for a free token and for the buffered bytes to be under the budget,
-        then wrap `data` (owned by the caller from now on; the caller may set
-        `buf.data` later, before `write_buffer_add`, e.g. to decompress only once
-        there is room). With room it returns without a task switch (the hot path)."""
+        then wrap `data` (the caller may set `buf.data` later, before
+        `write_buffer_add`, e.g. to decompress only once there is room;
+        `compressed_size`: see WriteBuffer). With room it returns without a task
+        switch (the hot path)."""
         if self.has_room:
             self._tokens.acquire_nowait()
         else:
             await self._tokens.acquire()
             try:
-                while self.buffered_bytes >= self.byte_budget:
-                    await self._room.wait()
+                while self._buffered >= self.byte_budget:
+                    await self._room.wait_value(True)
             except BaseException:
                 self._tokens.release()
                 raise
-        self.outstanding_buffers += 1
-        return WriteBuffer(data, self._release_token, compressed)
+        return WriteBuffer(data, self._release, compressed_size)
 
     @contextlib.asynccontextmanager
     async def write_buffer(
-        self, data: bytes | bytearray | memoryview = b"", compressed: bool = False
+        self, data: bytes | bytearray | memoryview = b"", compressed_size: int | None = None
     ) -> AsyncIterator[WriteBuffer]:
         """Take a token and a buffer for `data` (or for what the block puts in
-        `buf.data`); queue it when the block ends normally,
-        release it when the block raises (cancellation included)."""
-        buf = await self.get_write_buffer(data, compressed)
+        `buf.data`); add it when the block ends normally, release it when the block
+        raises (cancellation included)."""
+        buf = await self.get_write_buffer(data, compressed_size)
         try:
             yield buf
         except BaseException:
@@ -205,166 +181,159 @@ class CharDevice:
         if not buf.released:
             self.write_buffer_add(buf)
 
-    def try_write(self, data: bytes | bytearray | memoryview) -> bool:
-        """The hot path of `get_write_buffer` + `write_buffer_add`, without a task
-        switch or a buffer object: when the device runs with nothing queued and a token
-        free, write `data` now and return True; what the instance does not take is
-        queued under a token, as `write_buffer_add` would. False: take the slow path."""
-        if self._queued or not self._running or self._tokens.value == 0:
+    def try_write(
+        self, data: bytes | bytearray | memoryview, compressed_size: int | None = None
+    ) -> bool:
+        """`get_write_buffer` + `write_buffer_add` without a task switch or a buffer
+        object (the hot path): when the device runs with nothing queued and a token
+        free, take `data` (counted as `write_buffer_add` counts), write it now, queue
+        the rest under a token, and return True. False: take the slow path."""
+        if self._queue or not self._running.value or not self._tokens.value:
             return False
-        self._writable.clear()
-        n = self.instance.write(data if isinstance(data, memoryview) else memoryview(data))
-        if n > 0:
-            self.stats.written += n
-        if n < len(data):
-            self._tokens.acquire_nowait()  # free: checked above
-            self.outstanding_buffers += 1
-            buf = WriteBuffer(memoryview(data)[n:], self._release_token)
-            self._retry_first = True  # the writer waits before it tries again
-            self._enqueue(buf)
+        self.stats.accepted(len(data), compressed_size)
+        self._write_now(data if isinstance(data, memoryview) else memoryview(data), None)
         return True
 
-    def _enqueue(self, buf: WriteBuffer) -> None:
-        self.buffered_bytes += len(buf.data)
-        self._send.send_nowait(buf)
-        self._queued += 1
-
-    def _unbuffer(self, n: int) -> None:
-        self.buffered_bytes -= n
-        if self.buffered_bytes < self.byte_budget:
-            self._room.set()
-
     def write_buffer_add(self, buf: WriteBuffer) -> None:
-        """Hand `buf` to the device; the device owns it from now on (never blocks).
-
-        When nothing is queued or being written and the device runs, it is written at
-        once, as spice-server does; what the instance does not take (or all of it,
-        otherwise) goes to the write queue for the writer task, in order."""
+        """Hand `buf` to the device, which owns it from now on (never blocks); counted
+        in `stats` as a DATA payload, or as decompressed COMPRESSED_DATA with
+        `buf.compressed_size`. Written at once when the device runs with nothing
+        queued, as spice-server does; the rest (or all, otherwise) is queued, in order."""
         if buf.released:
             raise ValueError("buffer already released")
-        if self._queued == 0 and self._running:
-            self._writable.clear()
-            n = self.instance.write(memoryview(buf.data))
-            if n > 0:
-                self.stats.written += n
-            if n >= len(buf.data):
+        self.stats.accepted(len(buf.data), buf.compressed_size)
+        view = memoryview(buf.data)
+        if self._queue or not self._running.value:
+            self._enqueue(buf, view)
+        else:
+            self._write_now(view, buf)
+
+    def _write_now(self, view: memoryview, buf: WriteBuffer | None) -> None:
+        """Write now, queue the rest: under `buf`, or under a new buffer (its token is
+        free: the caller checked)."""
+        n = self._write(view)
+        if n == len(view):
+            if buf is not None:
                 buf.release()
-                return
-            buf.data = memoryview(buf.data)[n:]
-            self._retry_first = True  # the writer waits before it tries again
-        self._enqueue(buf)
+            return
+        if buf is None:
+            self._tokens.acquire_nowait()
+            buf = WriteBuffer(b"", self._release)
+        self._enqueue(buf, view[n:])
+
+    def _write(self, view: memoryview) -> int:
+        """One write into the instance, counted; a partial one with no wakeup during it
+        makes the writer wait before the next. Returns the bytes written."""
+        self._woken = False
+        n = self.instance.write(view)
+        if n:
+            self.stats.written += n
+        if n < len(view) and not self._woken:
+            self._stalled.value = True
+        return n
+
+    def _enqueue(self, buf: WriteBuffer, rest: memoryview) -> None:
+        buf.data = rest
+        self._queue.append(buf)
+        if len(self._queue) == 1:
+            self._queue_empty.value = False
+        self._buffered += len(rest)
+        if self._buffered >= self.byte_budget and self._room.value:
+            self._room.value = False
+
+    def _written(self, n: int) -> None:
+        """`n` bytes of the queue's head were written (or dropped)."""
+        self._buffered -= n
+        if self._buffered < self.byte_budget and not self._room.value:
+            self._room.value = True
 
     def wakeup_writable(self) -> None:
-        """The instance can take more data (NOTIFY_WRITABLE). Never lost."""
-        self._writable.set()
-
-    async def _wait_running(self) -> None:
-        while not self._running:
-            await self._running_changed.wait()
-
-    async def _wait_writable(self) -> None:
-        """After a partial write: wait for NOTIFY_WRITABLE or the retry timer."""
-        with trio.move_on_after(self.retry_interval):
-            await self._writable.wait()
-        self.write_retries += 1
+        """The instance can take more data (NOTIFY_WRITABLE). Never lost: one during a
+        write counts for that write."""
+        self._woken = True
+        if self._stalled.value:
+            self._stalled.value = False
 
     async def _writer(self) -> None:
+        """Write the queue's head in place, in order; pop it once written. It drains the
+        queue without a scheduling point while the instance takes everything."""
+        queue = self._queue
         while True:
-            # drain what is queued without a task switch per buffer; wait when empty
-            try:
-                buf = self._recv.receive_nowait()
-            except trio.WouldBlock:
-                buf = await self._recv.receive()
-            gen = self._reset_gen
-            view = memoryview(buf.data) if not isinstance(buf.data, memoryview) else buf.data
-            try:
-                while len(view) and gen == self._reset_gen:
-                    if not self._running:
-                        await self._running_changed.wait()  # start() or reset()
-                        continue
-                    if self._retry_first:
-                        self._retry_first = False
-                        await self._wait_writable()
-                        continue
-                    self._writable.clear()
-                    n = self.instance.write(view)
-                    if n > 0:
-                        self.stats.written += n
-                        view = view[n:]
-                        self._unbuffer(n)
-                    if len(view) and gen == self._reset_gen:
-                        await self._wait_writable()
-            finally:
-                self._queued -= 1
-                if len(view) and gen == self._reset_gen:  # cancelled: reset() did not count it
-                    self.stats.dropped += len(view)
-                self._unbuffer(len(view))  # what is left unwritten (reset, cancelled)
-                buf.release()
-                del view, buf  # not kept alive while waiting for the next buffer
-                if not self._queued:
-                    self._emptied.set()
+            if not queue:
+                await self._queue_empty.wait_value(False)
+            elif not self._running.value:
+                await self._running.wait_value(True)
+            elif self._stalled.value:
+                with trio.move_on_after(self.retry_interval):
+                    await self._stalled.wait_value(False)
+                self._stalled.value = False
+                self.write_retries += 1
+            else:
+                buf = queue[0]
+                view = buf.data
+                assert isinstance(view, memoryview)  # _enqueue made it one
+                n = self._write(view)
+                self._written(n)
+                if n == len(view):
+                    queue.popleft()
+                    buf.release()
+                    if not queue:
+                        self._queue_empty.value = True
+                elif n:
+                    buf.data = view[n:]
 
     # ---- device -> client ------------------------------------------------------
 
     def wakeup(self) -> None:
-        """The instance may have data to read (spice_server_char_device_wakeup).
-
-        Like spice-server, it reads at once, inside this call, when a client is attached,
-        the device runs and the reader task is idle; the reader task takes over when the
-        client's queue reaches its limit."""
+        """The instance may have data to read (spice_server_char_device_wakeup): read
+        it now, inside this call, as spice-server does; the reader task takes over at
+        the client's queue limit, or when called from inside a read. No client, or
+        stopped: nothing (`attach_client()` and `start()` call it)."""
         client = self._client
-        idle = self._reader_scope is None and not self._inline_reading
-        if client is not None and self._running and idle:
-            self._inline_reading = True
-            try:
-                if not self._read_now(client):
-                    return
-            finally:
-                self._inline_reading = False
-        self._readable.set()
+        if client is None or not self._running.value:
+            return
+        if self._reading or self._read(client, math.inf) is _FULL:
+            self._readable.value = True
 
-    def _read_now(self, client: DeviceClient) -> bool:
-        """Read for `client` until the instance is empty (False) or the client's queue
-        is at its limit (True: the reader task must wait and go on)."""
-        while self._client is client:
-            if client.queued_bytes >= self.client_queue_limit:
-                return True
-            data = self.instance.read(self.max_read)
-            if not data:
-                return False
-            self.stats.read += len(data)
-            client.push_device_data(data)
-        return False
+    def _read(self, client: DeviceClient, limit: float) -> _Stop:
+        """Read for `client` and push each chunk to it, until one of `_Stop`; `limit`:
+        the bytes after which to stop (BATCH)."""
+        self._reading = True
+        try:
+            done = 0
+            while True:
+                if self._client is not client or not self._running.value:
+                    return _OFF
+                if client.queued_bytes >= self.client_queue_limit:
+                    return _FULL
+                if done >= limit:
+                    return _BATCH
+                data = self.instance.read(self.max_read)
+                if not data:
+                    return _EMPTY
+                size = len(data)
+                self.stats.pushed(size, client.push_device_data(data))
+                done += size
+        finally:
+            self._reading = False
 
     async def _reader(self) -> None:
+        """Reads on where `wakeup()` could not: after a full client queue or a wakeup
+        from inside a read; a scheduling point every READ_BATCH bytes."""
         while True:
-            await self._readable.wait()
+            await self._readable.wait_value(True)
+            self._readable.value = False  # a wakeup from now on is seen by the next wait
             client = self._client
             if client is None:
                 continue
-            with trio.CancelScope() as scope:
-                self._reader_scope = scope
-                await self._read_for(client)
-            self._reader_scope = None
-
-    async def _read_for(self, client: DeviceClient) -> None:
-        since_checkpoint = 0
-        while self._client is client:
-            if not self._running:
-                await self._wait_running()
-                continue
-            if client.queued_bytes >= self.client_queue_limit:
-                await client.wait_queued_below(self.client_queue_limit)
-                continue
-            data = self.instance.read(self.max_read)
-            if not data:
-                return
-            self.stats.read += len(data)
-            client.push_device_data(data)
-            since_checkpoint += len(data)
-            if since_checkpoint >= READ_BATCH:  # let the sender and others run
-                since_checkpoint = 0
-                await trio.lowlevel.checkpoint()
+            while (why := self._read(client, READ_BATCH)) is _FULL or why is _BATCH:
+                if why is _BATCH:
+                    await trio.lowlevel.checkpoint()  # let the sender and others run
+                    continue
+                with trio.CancelScope() as scope:  # remove_client() cancels it
+                    self._reader_wait = scope
+                    await client.wait_queued_below(self.client_queue_limit)
+                self._reader_wait = None
 
     def attach_client(self, client: DeviceClient) -> None:
         """Attach the one client; the device state becomes connected and pending data
@@ -380,8 +349,8 @@ class CharDevice:
         if self._client is not client:
             return
         self._client = None
-        if self._reader_scope is not None:
-            self._reader_scope.cancel()
+        if self._reader_wait is not None:
+            self._reader_wait.cancel()
         self.instance.state(False)
 
     @property
@@ -392,47 +361,34 @@ class CharDevice:
 
     def start(self) -> None:
         """Let the writer and reader run (the default)."""
-        self._running = True
-        self._running_changed.set()
-        self._running_changed = trio.Event()
+        self._running.value = True
         self.wakeup()
 
     def stop(self) -> None:
         """Pause writing and reading; queued buffers are kept."""
-        self._running = False
+        self._running.value = False
 
     async def wait_queue_empty(self) -> None:
         """Return once every buffer accepted so far was written (or dropped)."""
-        while self._queued:
-            if self._emptied.is_set():
-                self._emptied = trio.Event()
-            await self._emptied.wait()
+        await self._queue_empty.wait_value(True)
 
     def reset(self) -> int:
-        """Drop every queued buffer (and the rest of the one being written); return
-        their tokens; return how many bytes were dropped (counted in `stats.dropped`)."""
-        dropped = self.buffered_bytes
+        """Drop every queued buffer (the rest of the one being written included) and
+        return their tokens; return how many bytes were dropped (counted in
+        `stats.dropped`)."""
+        dropped = self._buffered
         self.stats.dropped += dropped
-        self._reset_gen += 1
-        self._retry_first = False
-        while True:
-            try:
-                buf = self._recv.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            self._queued -= 1
-            self._unbuffer(len(buf.data))
-            buf.release()
-        self._writable.set()
-        self._running_changed.set()  # a stopped writer drops its buffer too
-        self._running_changed = trio.Event()
-        if not self._queued:
-            self._emptied.set()
+        queue = self._queue
+        while queue:
+            queue.popleft().release()
+        self._queue_empty.value = True
+        self._written(dropped)
+        self._stalled.value = False
         return dropped
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the writer and reader tasks until cancelled; on exit every queued buffer
-        is released."""
+        is dropped (`reset()`)."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)

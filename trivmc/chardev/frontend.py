@@ -24,10 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import trio
-
-from .device import CharDevice
-from .interface import CharBackend, ChrEvent, DeviceData, DeviceSubtype, Direction
+from .._trio_util import AsyncBool
+from .interface import CharBackend, ChrEvent, DeviceData, DeviceSubtype, DeviceWakeups, Direction
 
 if TYPE_CHECKING:
     from .record import Recorder
@@ -58,8 +56,17 @@ def owned(data: bytes | bytearray | memoryview) -> DeviceData:
     return bytes(data)
 
 
+def _nothing(*_: object) -> None:
+    """Stands for a callback nobody gave (and for the device before one attached)."""
+
+
 class SpiceChardev:
     """The QEMU-side frontend of one SPICE char device (spicevmc or spiceport).
+
+    Wired in one step: the channel's callbacks are constructor arguments
+    (`on_port_event`: a port event for the port's client; `on_fe_open`: register or
+    unregister a spicevmc channel), and the CharDevice built over it attaches itself
+    (`attach`), so the backend's data and room wake that device.
 
     Guarantees: OPENED/CLOSED reach the backend once per change of the client state;
     data the backend hands over while a client is connected is read in order and never
@@ -71,24 +78,38 @@ class SpiceChardev:
         backend: CharBackend,
         subtype: DeviceSubtype = DeviceSubtype.PORT,
         port_name: str | None = None,
+        *,
+        on_port_event: Callable[[int], None] = _nothing,
+        on_fe_open: Callable[[bool], None] = _nothing,
     ) -> None:
         self.backend = backend
         self.subtype = subtype
         self.port_name = port_name
-        self.device: CharDevice | None = None
-        self.connected = False  # a client is attached (QEMU's be_open via vmc_state)
         # usbredir is registered from the start unless the backend's guest side opens
         # later (a socket to QEMU: open once connected); a port opens when told
         self.fe_open = subtype is DeviceSubtype.USBREDIR and not getattr(
             backend, "opens_later", False
         )
-        self._pending: deque[DeviceData] = deque()
-        self._pending_size = 0
-        self._drained = trio.Event()
-        self._connected_changed = trio.Event()
-        self.on_port_event: Callable[[int], None] | None = None  # port: to the client
-        self.on_fe_open: Callable[[bool], None] | None = None  # spicevmc: (un)register
         self.recorder: Recorder | None = None  # records both directions (record.py)
+        self._on_port_event = on_port_event
+        self._on_fe_open = on_fe_open
+        self._wakeup: Callable[[], None] = _nothing  # the device's, once attached
+        self._wakeup_writable: Callable[[], None] = _nothing
+        self._connected = AsyncBool(False)  # a client is attached (QEMU's be_open)
+        self._pending: deque[DeviceData] = deque()
+        self._pending_size = 0  # plain: chr_write() and read() change it per message
+        self._full = AsyncBool(False)  # chr_write() refused: send() waits for a drain
+
+    def attach(self, device: DeviceWakeups) -> None:
+        """The device this frontend is the instance of (its constructor calls this):
+        the backend's data and room wake it from now on."""
+        self._wakeup = device.wakeup
+        self._wakeup_writable = device.wakeup_writable
+
+    @property
+    def connected(self) -> bool:
+        """A client is attached (QEMU's be_open, set through `state()`)."""
+        return self._connected.value
 
     # ---- DeviceInstance (called by the CharDevice) ---------------------------
 
@@ -132,12 +153,9 @@ class SpiceChardev:
                 size += len(chunk)
             out = b"".join(parts)
         self._pending_size -= len(out)
-        if not pending:
-            self._drained.set()
-            self._drained = trio.Event()
-        if self.device is not None:
-            # room freed: a backend that echoes may take client data again
-            self.device.wakeup_writable()
+        if not pending and self._full.value:
+            self._full.value = False
+        self._wakeup_writable()  # room freed: a backend that echoes may take client data
         return out
 
     @property
@@ -147,21 +165,18 @@ class SpiceChardev:
 
     def pending_room(self) -> int:
         """How many more bytes `chr_write` takes now (0 while no client or full)."""
-        return max(0, PENDING_LIMIT - self._pending_size) if self.connected else 0
+        return max(0, PENDING_LIMIT - self._pending_size) if self._connected.value else 0
 
     def state(self, connected: bool) -> None:
         """vmc_state: OPENED / CLOSED to the backend, once per change."""
-        if connected == self.connected:
+        if connected == self._connected.value:
             return
-        self.connected = connected
+        self._connected.value = connected
         if not connected:
             # QEMU drops guest output while no client is connected
             self._pending.clear()
             self._pending_size = 0
-            self._drained.set()
-            self._drained = trio.Event()
-        self._connected_changed.set()
-        self._connected_changed = trio.Event()
+            self._full.value = False
         self._backend_event(ChrEvent.OPENED if connected else ChrEvent.CLOSED)
 
     def _backend_event(self, event: ChrEvent) -> None:
@@ -176,42 +191,39 @@ class SpiceChardev:
 
     # ---- the backend side ------------------------------------------------------
 
-    def attach(self, device: CharDevice) -> None:
-        self.device = device
-
     def chr_write(self, data: bytes | bytearray | memoryview) -> int:
-        """spice_chr_write: how many bytes of `data` were taken (all when discarded)."""
-        if not self.connected:
+        """spice_chr_write: how many bytes of `data` were taken (all when discarded,
+        none while the pending data is at its limit)."""
+        if not self._connected.value:
             log.debug("no client: discarding %d bytes", len(data))
             return len(data)
         if self._pending_size >= PENDING_LIMIT:
+            self._full.value = True
             return 0
         if self.recorder is not None:
             self.recorder.data(_TO_CLIENT, data)
         self._pending.append(owned(data))
         self._pending_size += len(data)
-        if self.device is not None:
-            self.device.wakeup()
+        self._wakeup()
         return len(data)
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
-        """Hand `data` over, waiting while the pending data is above its limit."""
+        """Hand `data` over, waiting (once the pending data is at its limit) until the
+        device has read all that is pending, or the client left."""
         view = memoryview(data)
         while len(view):
             n = self.chr_write(view)
             view = view[n:]
             if len(view):
-                await self._drained.wait()
+                await self._full.wait_value(False)
 
     async def wait_connected(self, connected: bool = True) -> None:
         """Return once a client is attached (or, with `connected=False`, detached)."""
-        while self.connected != connected:
-            await self._connected_changed.wait()
+        await self._connected.wait_value(connected)
 
     def accept_input(self) -> None:
         """The backend can take data again (qemu chr_accept_input)."""
-        if self.device is not None:
-            self.device.wakeup_writable()
+        self._wakeup_writable()
 
     def set_fe_open(self, is_open: bool) -> None:
         """The guest side opened or closed: a port tells its client (PORT_EVENT), a
@@ -221,8 +233,8 @@ class SpiceChardev:
         self.fe_open = is_open
         if self.subtype is not DeviceSubtype.USBREDIR:
             self.port_event(PORT_EVENT_OPENED if is_open else PORT_EVENT_CLOSED)
-        elif self.on_fe_open is not None:
-            self.on_fe_open(is_open)
+        else:
+            self._on_fe_open(is_open)
 
     def port_event(self, event: int) -> None:
         """Send a port event (a byte: OPENED, CLOSED, BREAK or an application's own) to
@@ -232,7 +244,6 @@ class SpiceChardev:
             raise ValueError(f"a port event is one byte (0-255), not {event}")
         if self.subtype is DeviceSubtype.USBREDIR:
             return
-        if self.recorder is not None and self.connected:
+        if self.recorder is not None and self._connected.value:
             self.recorder.event(_TO_CLIENT, event)
-        if self.on_port_event is not None:
-            self.on_port_event(event)
+        self._on_port_event(event)

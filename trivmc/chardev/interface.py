@@ -34,15 +34,25 @@ DeviceData = bytes | memoryview
 `bytes` (immutable either way, so they are queued and sent without a copy)."""
 
 
+class DeviceWakeups(Protocol):
+    """What a device instance calls on its device: `wakeup()` (it may have data to
+    read: spice_server_char_device_wakeup) and `wakeup_writable()` (it can take more)."""
+
+    def wakeup(self) -> None: ...
+
+    def wakeup_writable(self) -> None: ...
+
+
 class DeviceInstance(Protocol):
     """spice-server's SpiceCharDeviceInterface, as the CharDevice calls it.
 
-    `write` returns how many bytes it took (0..len); `read` returns at most `max_size`
-    bytes, empty when there is nothing now; both never block.
+    `attach(device)` is called once, by the device's constructor (spice-server sets
+    the instance's `st` there): the instance wakes that device from then on. `write`
+    returns how many bytes it took (0..len); `read` returns at most `max_size` bytes,
+    empty when there is nothing now; neither blocks.
     """
 
-    subtype: DeviceSubtype
-    port_name: str | None
+    def attach(self, device: DeviceWakeups) -> None: ...
 
     def write(self, data: memoryview) -> int: ...
 
@@ -71,13 +81,16 @@ class CharBackend(Protocol):
 class DeviceClient(Protocol):
     """What the CharDevice needs of an attached channel client (device -> client).
 
-    `push_device_data` queues without blocking; `queued_bytes` counts bytes queued and
-    not yet sent, and `wait_queued_below(limit)` returns once it is below `limit`.
+    `push_device_data` queues without blocking and says how: None when the bytes went
+    as they are (DATA), else the size of the compressed block they went as
+    (COMPRESSED_DATA; the device counts it, stats.py). `queued_bytes` counts bytes
+    queued and not yet sent, and `wait_queued_below(limit)` returns once it is below
+    `limit`.
     """
 
     @property
     def queued_bytes(self) -> int: ...
 
-    def push_device_data(self, data: DeviceData) -> None: ...
+    def push_device_data(self, data: DeviceData) -> int | None: ...
 
     async def wait_queued_below(self, limit: int) -> None: ...

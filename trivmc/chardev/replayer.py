@@ -94,8 +94,7 @@ async def replay_records(
     stream backend's peer included) and the last session ended; raises ReplayStalled
     when the backend takes nothing for `stall_timeout` seconds."""
     chardev = SpiceChardev(backend, subtype, "replay")
-    device = CharDevice(chardev)
-    chardev.attach(device)
+    device = CharDevice(chardev)  # attaches itself to the frontend
     sink = _Sink()
     delivered = events = 0
     attached = False

@@ -66,9 +66,9 @@ async def tls_handshake(
     except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
         log.warning("%s: TLS handshake failed: %s", conn.peer, e.__cause__ or e)
     except BaseException:
-        await trio.aclose_forcefully(tls)
+        tls.close()
         raise
-    await trio.aclose_forcefully(tls)
+    tls.close()
     return None
 
 

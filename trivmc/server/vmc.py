@@ -18,10 +18,11 @@ server, which announces the channel to every connected session.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import trio
 
+from .._trio_util import AsyncBool, AsyncValue, wait_any
 from ..backends import Backend
 from ..backends.stream import DEFAULT_DRAIN
 from ..chardev import CharDevice, DeviceSubtype, SpiceChardev
@@ -57,51 +58,38 @@ class VmcChannelClient(ChannelClient):
         self.max_decompressed = self.decoder.max_size
         self.connection_id = 0  # its session's
 
-    def push_device_data(self, data: DeviceData) -> None:
-        """Queue device bytes as DATA or COMPRESSED_DATA, counted as spicevmc.cpp does:
-        `out_data` the bytes sent plain, `out_uncompressed` / `out_compressed` the bytes
-        sent compressed before and after LZ4."""
-        stats = self.channel.device.stats
+    def push_device_data(self, data: DeviceData) -> int | None:
+        """Queue device bytes as DATA or COMPRESSED_DATA (the LZ4 rules); return None,
+        or the LZ4 block's size when compressed: the device counts them (stats.py)."""
         mtype, body = vmc_payload(data, self.peer_lz4, self.is_unix)
-        if mtype == MsgVmc.COMPRESSED_DATA:
-            stats.out_compressed += len(body) - COMPRESSED_HEAD_SIZE
-            stats.out_uncompressed += len(data)
-        else:
-            stats.out_data += len(data)
         self.send(mtype, body)
+        if mtype == MsgVmc.COMPRESSED_DATA:
+            return len(body) - COMPRESSED_HEAD_SIZE
+        return None
 
     def handle_now(self, mtype: int, body: Body) -> bool:
         """DATA (and COMPRESSED_DATA, decompressed only when the device takes it now)
         for an idle device is written at once, with no token round trip; anything else
-        takes `handle_message`. `in_data` counts a DATA payload once the device took it."""
+        takes `handle_message`. The device counts what it takes (stats.py)."""
         device = self.channel.device
         if mtype == MsgcVmc.DATA:
-            if device.try_write(body):
-                device.stats.in_data += len(body)
-                return True
-            return False
+            return device.try_write(body)
         if mtype == MsgcVmc.COMPRESSED_DATA and device.writes_now:
-            return device.try_write(self._decompress(body))
+            return device.try_write(self._decompress(body), len(body) - COMPRESSED_HEAD_SIZE)
         return False
 
     def _decompress(self, body: Body) -> bytes:
-        """The stated size is checked against the bound before anything is allocated;
-        `in_compressed` / `in_decompressed` count the LZ4 block and its output."""
-        data = decompress_body(body, self.max_decompressed)
-        stats = self.channel.device.stats
-        stats.in_compressed += len(body) - COMPRESSED_HEAD_SIZE
-        stats.in_decompressed += len(data)
-        return data
+        """The stated size is checked against the bound before anything is allocated."""
+        return decompress_body(body, self.max_decompressed)
 
     async def handle_message(self, mtype: int, body: Body) -> None:
         device = self.channel.device
         if mtype == MsgcVmc.DATA:
-            buf = await device.get_write_buffer(body)
-            device.stats.in_data += len(body)
-            device.write_buffer_add(buf)
+            device.write_buffer_add(await device.get_write_buffer(body))
         elif mtype == MsgcVmc.COMPRESSED_DATA:
             # room in the byte budget first, then the decompressed bytes (counted in it)
-            async with device.write_buffer(compressed=True) as buf:
+            block = len(body) - COMPRESSED_HEAD_SIZE
+            async with device.write_buffer(compressed_size=block) as buf:
                 buf.data = self._decompress(body)
         elif mtype == MsgcVmc.PORT_EVENT:
             self.channel.chardev.event(PortEventMsg.decode(body).event)
@@ -135,25 +123,32 @@ class VmcChannel:
         self.backend = backend
         if channel_type == ChannelType.USBREDIR and hasattr(backend, "standing"):
             backend.standing = True  # follow QEMU's usb-redir (backends/stream.py)
-        self.chardev = SpiceChardev(backend, subtype, port_name)
-        self.device = CharDevice(self.chardev, byte_budget=byte_budget)
-        self.chardev.attach(self.device)
-        self.chardev.on_port_event = self._on_port_event
-        self.chardev.on_fe_open = self._on_fe_open
         self.on_available: Callable[[VmcChannel], None] | None = None  # set by the server
         self.removed = False  # taken out of the server: never offered again
-        self.client: VmcChannelClient | None = None  # linked (maybe still waiting)
+        self._linked = AsyncValue[VmcChannelClient | None](None)  # `client`
         self._attached: VmcChannelClient | None = None  # attached to the device
         self.clients_served = 0
         self.clients_refused = 0
         self.drain = float(getattr(backend, "drain", DEFAULT_DRAIN))
         self.bytes_dropped = 0  # a departed client's bytes not delivered by the deadline
         self.traffic = Traffic()  # of the clients that ended (`traffic_now`: all)
-        self._session_over = trio.Event()  # the last client's session boundary is done
-        self._session_over.set()
+        self._session_over = AsyncBool(True)  # the last client's session boundary is done
         self._nursery: trio.Nursery | None = None
-        self._client_gone = trio.Event()
-        self._client_gone.set()
+        # wired in one step: the frontend gets the channel's callbacks, the device
+        # attaches itself to the frontend (its instance)
+        self.chardev = SpiceChardev(
+            backend,
+            subtype,
+            port_name,
+            on_port_event=self._on_port_event,
+            on_fe_open=self._on_fe_open,
+        )
+        self.device = CharDevice(self.chardev, byte_budget=byte_budget)
+
+    @property
+    def client(self) -> VmcChannelClient | None:
+        """The linked client (maybe still waiting for the previous session's end)."""
+        return self._linked.value
 
     @property
     def key(self) -> tuple[int, int]:
@@ -206,20 +201,21 @@ class VmcChannel:
                 nursery.start_soon(self.backend.run, self.chardev)
         finally:
             self._nursery = None
-            self._session_over.set()
+            self._session_over.value = True
 
     def _begin_boundary(self) -> None:
-        """The attached client left: end its session before the next client starts."""
-        over = self._session_over = trio.Event()
+        """The attached client left: end its session before the next client starts
+        (one boundary at a time: the next client waits for this one)."""
+        self._session_over.value = False
         if self._nursery is not None:
             try:
-                self._nursery.start_soon(self._end_session, over)
+                self._nursery.start_soon(self._end_session)
                 return
             except RuntimeError:  # closed: run() is ending (the channel is being stopped)
                 pass
         # not running: nothing can be delivered any more
         self.bytes_dropped += self.device.reset()
-        over.set()
+        self._session_over.value = True
 
     async def _queue_delivered_or_undeliverable(self) -> None:
         """Return once the device's queue is empty, or once the backend says no peer
@@ -228,17 +224,10 @@ class VmcChannel:
         undeliverable = getattr(self.backend, "wait_undeliverable", None)
         if undeliverable is None:
             await self.device.wait_queue_empty()
-            return
-        async with trio.open_nursery() as nursery:
+        else:
+            await wait_any(self.device.wait_queue_empty, undeliverable)
 
-            async def first(wait: Callable[[], Awaitable[None]]) -> None:
-                await wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(first, self.device.wait_queue_empty)
-            nursery.start_soon(first, undeliverable)
-
-    async def _end_session(self, over: trio.Event) -> None:
+    async def _end_session(self) -> None:
         """The session boundary: what the departed client sent gets until the drain
         deadline to reach its backend peer (the device's queue, then the backend's
         own buffer); the rest is dropped and counted, never given to another peer.
@@ -261,11 +250,11 @@ class VmcChannel:
                     self.drain,
                 )
         finally:
-            over.set()
+            self._session_over.value = True
 
     async def wait_no_client(self) -> None:
         """Return once no client is linked to this channel."""
-        await self._client_gone.wait()
+        await self._linked.wait_value(None)
 
     def disconnect_client(self) -> None:
         """Disconnect the current client, if any (its `run()` returns)."""
@@ -279,11 +268,10 @@ class VmcChannel:
             self.clients_refused += 1
             log.warning("%s: refusing a second client (the first keeps the channel)", self.label)
             return
-        self.client = client
-        self._client_gone = trio.Event()
+        self._linked.value = client
         self.clients_served += 1
         try:
-            await self._session_over.wait()  # the previous client's boundary
+            await self._session_over.wait_value(True)  # the previous client's boundary
             if not self.available:
                 log.info("%s: closing a client: the channel is not offered now", self.label)
                 return
@@ -301,5 +289,4 @@ class VmcChannel:
                     self._begin_boundary()
             finally:  # the channel is free again whatever happened above
                 self.traffic.add(client)
-                self.client = None
-                self._client_gone.set()
+                self._linked.value = None

@@ -147,10 +147,10 @@ class TLSSocketStream(trio.abc.Stream):
                 return
             left -= len(data)
 
-    async def aclose(self) -> None:
-        """Close the socket (a close_notify is sent when the socket takes it at once)."""
+    def close(self) -> None:
+        """Close at once, without a checkpoint (a close_notify is sent when the socket
+        takes it at once)."""
         if self._closed:
-            await trio.lowlevel.checkpoint()
             return
         self._closed = True
         try:
@@ -160,4 +160,7 @@ class TLSSocketStream(trio.abc.Stream):
         self._discard_unread()
         trio.lowlevel.notify_closing(self._ssl)
         self._ssl.close()
+
+    async def aclose(self) -> None:
+        self.close()
         await trio.lowlevel.checkpoint()

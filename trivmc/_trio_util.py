@@ -1,0 +1,47 @@
+"""trio_util's `AsyncValue`, `AsyncBool` and `wait_any`, with type hints (trio_util has
+none, so mypy would see `Any`). Only what trivmc uses is declared.
+
+Level-triggered use, as trivmc needs it: `await v.wait_value(x)` returns at once (after
+a checkpoint) when the value is `x` already, so a change made while nobody waited is
+never lost. Setting `value` to what it already is costs a comparison; a change costs
+a few hundred ns (the waiters are checked), so per-message paths change values only on
+the slow path (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+
+    class AsyncValue(Generic[T]):
+        """A value tasks can wait on (trio_util.AsyncValue)."""
+
+        def __init__(self, value: T) -> None: ...
+
+        @property
+        def value(self) -> T: ...
+
+        @value.setter
+        def value(self, x: T) -> None: ...
+
+        async def wait_value(self, value_or_predicate: T | Callable[[T], bool]) -> T:
+            """Return once the value equals `value_or_predicate` (or the predicate
+            holds for it), checked at once and on every change."""
+
+    class AsyncBool(AsyncValue[bool]):
+        """An `AsyncValue` of a bool, False unless told (trio_util.AsyncBool)."""
+
+        def __init__(self, value: bool = False) -> None: ...
+
+    async def wait_any(*fns: Callable[[], Awaitable[object]]) -> None:
+        """Run each of `fns` in a nursery; return once the first returns (the others
+        are cancelled)."""
+
+else:
+    from trio_util import AsyncBool, AsyncValue, wait_any
+
+__all__ = ["AsyncBool", "AsyncValue", "wait_any"]
