@@ -60,10 +60,11 @@ def uri_of(addrs: list[object]) -> str:
 class Driven(EchoBackend):
     """An echo backend the test drives: each command runs in the backend's own task, as
     a real backend's calls (`set_fe_open`, `port_event`) would. `opens_later`: the
-    guest side opens only when told (a usbredir channel is then offered only after)."""
+    guest side opens only when told (a usbredir channel is then offered only after),
+    as a backend that can stand for QEMU's side (`can_stand`) does."""
 
     def __init__(self, *, opens_later: bool = False, stalled: bool = False) -> None:
-        self.opens_later = opens_later
+        self.opens_later = self.can_stand = opens_later
         self.stalled = stalled  # can_read() is 0: whatever the client sends stays queued
         self.runs = 0  # times run() started
         self.running = 0  # run() calls not ended

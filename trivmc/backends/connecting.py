@@ -6,8 +6,8 @@ peer_bridge.py); a peer opened for a client that has left is closed unused. With
 session they reconnect with a bounded backoff (`reconnect=SECONDS` is the longest
 wait; 0 disables).
 
-A *standing* backend (a usbredir channel's: `standing = True`, set by the channel)
-follows QEMU's usb-redir the way spice-server + QEMU do: it keeps a connection to QEMU
+A *standing* backend (one run under a usbredir channel's frontend) follows QEMU's
+usb-redir the way spice-server + QEMU do: it keeps a connection to QEMU
 while no client is attached (reconnecting with the backoff while QEMU is away), holds
 what QEMU says first for the next client (early_words.py), and after each client's
 session boundary closes that connection and opens a fresh one, so QEMU resets its

@@ -25,7 +25,7 @@ import logging
 import trio
 from trio_util import AsyncBool, wait_any
 
-from ..chardev import ChrEvent, SpiceChardev
+from ..chardev import ChrEvent, DeviceSubtype, SpiceChardev
 from .early_words import EarlyWords
 
 # the stream backends' log lines keep the name they had before the split
@@ -41,7 +41,7 @@ class StreamBackend:
 
     name = "stream"
     per_session = False  # a peer per client session (connecting backends)
-    standing = False  # follow the peer as a usbredir channel does (see connecting.py)
+    can_stand = True  # under a usbredir channel it follows its peer (see connecting.py)
 
     def __init__(self, drain: float = DEFAULT_DRAIN) -> None:
         self.chardev: SpiceChardev | None = None
@@ -67,9 +67,12 @@ class StreamBackend:
         self.spoke = False  # the current (or last) peer has sent something
 
     @property
-    def opens_later(self) -> bool:
-        """A standing backend's guest side opens once its peer is connected."""
-        return self.standing
+    def standing(self) -> bool:
+        """Under a usbredir channel the backend follows its peer as QEMU's usb-redir
+        does (connecting.py): known from the frontend it runs with, never set from
+        outside."""
+        chardev = self.chardev
+        return chardev is not None and chardev.subtype is DeviceSubtype.USBREDIR
 
     @property
     def client_attached(self) -> bool:

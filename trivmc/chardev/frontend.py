@@ -85,10 +85,10 @@ class SpiceChardev:
         self.backend = backend
         self.subtype = subtype
         self.port_name = port_name
-        # usbredir is registered from the start unless the backend's guest side opens
-        # later (a socket to QEMU: open once connected); a port opens when told
+        # usbredir is registered from the start unless the backend can stand for
+        # QEMU's side (a socket to QEMU: open once connected); a port opens when told
         self.fe_open = subtype is DeviceSubtype.USBREDIR and not getattr(
-            backend, "opens_later", False
+            backend, "can_stand", False
         )
         self.recorder: Recorder | None = None  # records both directions (record.py)
         self._on_port_event = on_port_event

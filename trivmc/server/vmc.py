@@ -121,8 +121,6 @@ class VmcChannel:
         if channel_type == ChannelType.PORT and not port_name:
             raise ValueError("a port channel needs a name")
         self.backend = backend
-        if channel_type == ChannelType.USBREDIR and hasattr(backend, "standing"):
-            backend.standing = True  # follow QEMU's usb-redir (backends/stream.py)
         self.on_available: Callable[[VmcChannel], None] | None = None  # set by the server
         self.removed = False  # taken out of the server: never offered again
         self._linked = AsyncValue[VmcChannelClient | None](None)  # `client`
