@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .hostile import hostile_rows
@@ -15,7 +19,11 @@ from .procs import (
     GTK_CLIENT,
     HERE,
     PORT_NAME,
+    CpuSnapshot,
     children,
+    cpu_seconds,
+    cpu_snapshot,
+    cpu_used,
     free_port,
     pin_client,
     py,
@@ -26,7 +34,7 @@ from .procs import (
     wait_idle,
     wait_listening,
 )
-from .report import Result
+from .report import CPU, KEYS_CPU, Result, cpu_per_gb
 from .rows import Row, Sizes, anchor_cmd, pump_cmd, trivmc_cmd
 
 PER_SERVER = 250  # port channels per SPICE server (a channel id is one byte)
@@ -120,22 +128,109 @@ def _expect(proc: subprocess.Popen[str], prefix: str) -> str:
     return line
 
 
-def _sessions_run(
-    kind: str, cmd: list[str], port: int, sizes: Sizes, runs: int
-) -> tuple[float, float, float, list[float]]:
-    """(RSS idle, RSS linked, RSS after echo rounds) in KiB and each round's MB/s."""
+@dataclass(frozen=True)
+class SessionsRun:
+    """One server's part of the sessions row: its RSS (KiB) idle, linked and after the
+    echo rounds, each round's MB/s; and over the echo rounds, the CPU seconds (user +
+    system) and the times it slept (voluntary context switches) of the server and of
+    the load client, and the rounds' wall time. The one of the two that hardly ever
+    slept is the limit."""
+
+    idle: int
+    linked: int
+    after: int
+    rounds: list[float]
+    server_cpu: float
+    keys_cpu: float  # the server's children (trivmc's key makers)
+    client_cpu: float
+    server_sleeps: int
+    client_sleeps: int
+    wall: float
+
+    def cpu_text(self) -> str:
+        return (
+            f"server {self.server_cpu:.2f} s (slept {self.server_sleeps}x), client"
+            f" {self.client_cpu:.2f} s (slept {self.client_sleeps}x) in {self.wall:.2f} s"
+        )
+
+
+def voluntary_switches(pid: int) -> int:
+    """How many times a process (its main thread) gave up the CPU to wait."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no voluntary_ctxt_switches for {pid}")
+
+
+@dataclass(frozen=True)
+class _Usage:
+    server: CpuSnapshot
+    client_cpu: float
+    server_sleeps: int
+    client_sleeps: int
+    clock: float
+
+
+def _usage(server_pid: int, client_pid: int) -> _Usage:
+    return _Usage(
+        cpu_snapshot(server_pid, with_children=True),
+        cpu_seconds(client_pid),
+        voluntary_switches(server_pid),
+        voluntary_switches(client_pid),
+        time.perf_counter(),
+    )
+
+
+def _wait_for_file(path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {path}")
+        time.sleep(0.1)
+
+
+def _sessions_run(kind: str, cmd: list[str], port: int, sizes: Sizes, runs: int) -> SessionsRun:
+    """Start the server, let it finish starting, link every session, run the rounds."""
     last = port + (-(-sizes.sessions // PER_SERVER) - 1 if kind == "spice" else 0)
     # the many-ports server opens its listeners in order: the last one up means all are
-    with server(cmd, last) as srv, session_client(kind, port, sizes, runs) as client:
+    with server(cmd, last) as srv:
+        wait_idle(srv.pid)  # done starting (trivmc's key pool full), as for the RSS row
         idle = rss_kib(srv.pid)
+        return _sessions_echo(kind, srv, idle, port, sizes, runs)
+
+
+def _sessions_echo(
+    kind: str, srv: subprocess.Popen[bytes], idle: int, port: int, sizes: Sizes, runs: int
+) -> SessionsRun:
+    """The load client's sessions linked, then its echo rounds, with the readings."""
+    with session_client(kind, port, sizes, runs) as client:
         _expect(client, "CONNECTED")
         linked = rss_kib(srv.pid)
         assert client.stdin is not None
+        profile = os.environ.get("TRIVMC_BENCH_PROFILE", "") if kind == "spice" else ""
+        if profile:  # many_ports_server.py profiles itself from SIGUSR1 to SIGUSR2
+            Path(profile).unlink(missing_ok=True)
+            os.kill(srv.pid, signal.SIGUSR1)
+        usage0 = _usage(srv.pid, client.pid)
         client.stdin.write("\n")
         client.stdin.flush()
         res = json.loads(_expect(client, "{"))
+        usage1 = _usage(srv.pid, client.pid)
+        if profile:
+            os.kill(srv.pid, signal.SIGUSR2)
+            _wait_for_file(Path(profile))
         after = rss_kib(srv.pid)
-    return idle, linked, after, [float(x) for x in res["MBps"]]
+    return SessionsRun(
+        idle,
+        linked,
+        after,
+        [float(x) for x in res["MBps"]],
+        *cpu_used(usage0.server, usage1.server),
+        usage1.client_cpu - usage0.client_cpu,
+        usage1.server_sleeps - usage0.server_sleeps,
+        usage1.client_sleeps - usage0.client_sleeps,
+        usage1.clock - usage0.clock,
+    )
 
 
 def sessions_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> list[Result]:
@@ -144,11 +239,10 @@ def sessions_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> li
     servers_needed = -(-n // PER_SERVER)
     port = free_port(servers_needed)
     cmd = py(HERE / "many_ports_server.py", str(port), str(servers_needed), str(PER_SERVER))
-    idle, linked, after, rounds = _sessions_run("spice", cmd, port, sizes, runs)
+    trivmc = _sessions_run("spice", cmd, port, sizes, runs)
     pport = free_port()
-    p_idle, _, p_after, p_rounds = _sessions_run(
-        "raw", pump_cmd(pport, "echo", 0, many=True), pport, sizes, runs
-    )
+    pump = _sessions_run("raw", pump_cmd(pport, "echo", 0, many=True), pport, sizes, runs)
+    idle, linked, after = trivmc.idle, trivmc.linked, trivmc.after
     per = Result(
         "rss_per_session",
         f"RSS per live port session ({n} sessions, one process)",
@@ -158,7 +252,7 @@ def sessions_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> li
         metric="kib",
     )
     per.add("trivmc", {"kib": (after - idle) / n})
-    per.add("pump", {"kib": (p_after - p_idle) / n})
+    per.add("pump", {"kib": (pump.after - pump.idle) / n})
     per.text["spice-server"] = "n/a: the anchor has one port device"
     per.note = (
         f"(RSS after the echo rounds - RSS of the same process idle) / {n}; trivmc: "
@@ -170,15 +264,27 @@ def sessions_rows(sizes: Sizes, runs: int, anchor: Path | None, tmp: Path) -> li
     agg = Result(
         "sessions_echo", f"aggregate echo across {n} sessions", "MB/s", True, metric="MBps"
     )
-    for r in rounds:
+    for r in trivmc.rounds:
         agg.add("trivmc", {"MBps": r})
-    for r in p_rounds:
+    for r in pump.rounds:
         agg.add("pump", {"MBps": r})
+    for who, run in (("trivmc", trivmc), ("pump", pump)):
+        moved = 2 * sizes.session_bytes * n * len(run.rounds)  # out and back, as the MB/s
+        agg.add_value(who, CPU, cpu_per_gb(run.server_cpu, moved))
+        if who == "trivmc":
+            agg.add_value(who, KEYS_CPU, cpu_per_gb(run.keys_cpu, moved))
     agg.text["spice-server"] = "n/a: one session at a time"
     agg.note = (
         f"each session echoes {sizes.session_bytes // 1024} KiB in 4 KiB writes, all at once;"
-        " bytes out and back / time; the load client is trivmc's own (trio) client"
+        " bytes out and back / time; the load client (`sessions_client.py`) is lean for both"
+        " columns: one process, plain non-blocking sockets in one selector loop, SPICE"
+        " through the sans-IO `trivmc.protocol`; server CPU per GB out and back, all the"
+        " rounds together; CPU over the echo rounds (the process that hardly slept is the"
+        f" limit): trivmc {trivmc.cpu_text()}; pump {pump.cpu_text()}"
     )
+    t, p = agg.median("trivmc"), agg.median("pump")
+    if t and p:
+        agg.note += f"; trivmc / pump in this run: {t / p:.2f}"
     return [per, agg]
 
 

@@ -6,12 +6,21 @@ A SPICE channel id is one byte, so one SPICE server holds at most 256 port chann
 1000 port sessions are therefore 4 servers of 250 ports (listening on BASE_PORT,
 BASE_PORT+1, ...) in this one process and one trio run, each with `multi_session` (a
 session per port). Prints `LISTENING` when all accept.
+
+With TRIVMC_BENCH_PROFILE=FILE in its environment it profiles itself with cProfile from
+SIGUSR1 to SIGUSR2 and then writes the stats to FILE (the sessions row sends the two
+around its echo rounds; read FILE with `python -m pstats`). The profiler slows the
+server: such a run's figures are not the server's.
 """
 
 from __future__ import annotations
 
+import cProfile
+import os
+import signal
 import sys
 from contextlib import AsyncExitStack
+from types import FrameType
 
 import trio
 
@@ -31,7 +40,25 @@ async def main(base: int, servers: int, ports: int) -> None:
         await trio.sleep_forever()
 
 
+def profile_on_signals(path: str) -> None:
+    """cProfile the process from SIGUSR1 to SIGUSR2, then write the stats to `path`."""
+    profiler = cProfile.Profile()
+
+    def start(signum: int, frame: FrameType | None) -> None:
+        profiler.enable()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        profiler.disable()
+        profiler.dump_stats(path + ".part")
+        os.replace(path + ".part", path)  # whole when it appears
+
+    signal.signal(signal.SIGUSR1, start)
+    signal.signal(signal.SIGUSR2, stop)
+
+
 if __name__ == "__main__":
+    if os.environ.get("TRIVMC_BENCH_PROFILE"):
+        profile_on_signals(os.environ["TRIVMC_BENCH_PROFILE"])
     try:
         trio.run(main, int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
     except KeyboardInterrupt:

@@ -90,6 +90,35 @@ async def test_lean_link_client_passes_a_password_and_reports_the_last_50() -> N
     assert srv.links_refused == 1
 
 
+async def test_sessions_client_echoes_through_trivmc_ports_and_counts_every_byte() -> None:
+    srv = Server(ServerConfig(listen=[("127.0.0.1", 0)], multi_session=True, key_pool_size=2))
+    for p in range(3):
+        srv.add_port(f"org.trivmc.bench.0.{p}", EchoBackend())
+    async with srv as addresses:
+        port = addresses[0][1]  # type: ignore[index]
+        cmd = [sys.executable, str(HERE / "sessions_client.py"), "spice", "--port", str(port)]
+        cmd += ["--sessions", "3", "--per-server", "3", "--bytes", "65536", "--rounds", "2"]
+        with trio.fail_after(60):
+            done = await trio.run_process(cmd, stdin=b"\n", capture_stdout=True)
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].startswith("CONNECTED 3 ")
+    res = json.loads(lines[-1])
+    assert res["sessions"] == 3 and len(res["MBps"]) == 2 and min(res["MBps"]) > 0
+    assert srv.links_refused == 0
+
+
+def test_sessions_client_raw_mode_against_the_many_connections_pump() -> None:
+    port = free_port()
+    cmd = [sys.executable, str(HERE / "pump.py"), "serve", "echo", "--port", str(port), "--many"]
+    client = [sys.executable, str(HERE / "sessions_client.py"), "raw", "--port", str(port)]
+    client += ["--sessions", "20", "--bytes", "16384", "--rounds", "2"]
+    with server(cmd, port):
+        done = subprocess.run(client, input=b"\n", capture_output=True, timeout=60, check=True)
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].startswith("CONNECTED 20 ")
+    assert len(json.loads(lines[-1])["MBps"]) == 2
+
+
 def test_password_rows_give_both_spice_servers_the_ticket() -> None:
     from benchmarks.rows import BENCH_PASSWORD, ROWS, anchor_cmd, trivmc_cmd
 
