@@ -21,7 +21,6 @@ from ..backends import BackendSpecError
 from ..control import ControlAddress, ControlServer, parse_control_address
 from ..control.listener import inherited_control_address
 from ..server import Server
-from ..server.metrics import serve_metrics
 from ..server.sockets import format_address
 from ..server.systemd import ActivatedSockets, Notifier, SystemdError, listen_fds, sort_sockets
 from . import version
@@ -87,9 +86,11 @@ async def _serve(
         if control is not None:  # first: an address it cannot use is a setting's error
             ctl = ControlServer(server, control, version=version(), listener=activated.control)
             bound = await nursery.start(ctl.serve)
-        metrics_at = (
-            [] if metrics is None else await nursery.start(serve_metrics, server, *metrics)
-        )
+        metrics_at = []
+        if metrics is not None:  # prometheus_client only when metrics are asked for
+            from ..server.metrics import serve_metrics
+
+            metrics_at = await nursery.start(serve_metrics, server, *metrics)
         addresses: list[object] = await nursery.start(
             functools.partial(server.serve, inherited=activated.listeners)
         )

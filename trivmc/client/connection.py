@@ -24,7 +24,7 @@ from ..protocol import (
     ProtocolError,
 )
 from ..protocol.channel import ChannelConnection, Role
-from ..transport import client_tls_context, connect_websocket
+from ..transport import client_tls_context
 from .address import Address
 from .errors import SpiceLinkError
 
@@ -57,6 +57,8 @@ async def open_stream(
             await tls_stream.do_handshake()
             stream = tls_stream
         if address.websocket:
+            from ..transport.websocket import connect_websocket  # wsproto when used
+
             stream = await connect_websocket(stream, address.host, address.target)
     except BaseException:
         await trio.aclose_forcefully(stream)

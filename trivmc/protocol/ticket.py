@@ -4,19 +4,29 @@ ticket, and the password rules. (Pooling keys ahead of time is the server's busi
 
 from __future__ import annotations
 
+import functools
 import hmac
 from dataclasses import dataclass
-
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from typing import TYPE_CHECKING
 
 from .constants import MAX_PASSWORD_LENGTH, PUBKEY_SIZE, TICKET_SIZE, LinkError
 from .errors import LinkProtocolError
 
-_OAEP = padding.OAEP(
-    mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None
-)
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+# cryptography (about 7 MiB of RSS) is imported by the first call that needs it, so a
+# server that has linked nobody yet does not carry it (docs/limits.md, idle memory)
+
+
+@functools.cache
+def _oaep() -> padding.OAEP:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    return padding.OAEP(
+        mgf=padding.MGF1(algorithm=hashes.SHA1()), algorithm=hashes.SHA1(), label=None
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +38,8 @@ class LinkKey:
 
     @classmethod
     def from_private(cls, private: rsa.RSAPrivateKey) -> LinkKey:
+        from cryptography.hazmat.primitives import serialization
+
         der = private.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -41,6 +53,9 @@ class LinkKey:
 
         The expensive RSA consistency check is skipped (microseconds instead of
         milliseconds): only pass bytes from a generator you run yourself."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         private = serialization.load_der_private_key(
             der, None, unsafe_skip_rsa_key_validation=True
         )
@@ -51,12 +66,15 @@ class LinkKey:
     def warm(self) -> None:
         """Do one private operation now, so the link's ticket decryption does not pay
         for setting up the key's arithmetic (about half of a first decryption)."""
-        self.private.decrypt(self.private.public_key().encrypt(b"\0", _OAEP), _OAEP)
+        oaep = _oaep()
+        self.private.decrypt(self.private.public_key().encrypt(b"\0", oaep), oaep)
 
 
 def generate_key() -> LinkKey:
     """A fresh RSA-1024 key (e = 65537); costs ~10 ms of CPU: keep it off the link path
     (trivmc's server pools them: `trivmc.server.keypool.KeyPool`)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     return LinkKey.from_private(rsa.generate_private_key(public_exponent=65537, key_size=1024))
 
 
@@ -79,6 +97,10 @@ def encrypt_ticket(public_der: bytes, password: str | bytes | None) -> bytes:
     Raise `ValueError` for a bad password (`check_password`) and `LinkProtocolError`
     (INVALID_DATA) when `public_der` is not an RSA-1024 public key.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     raw = check_password(password) or b""
     try:
         key = serialization.load_der_public_key(bytes(public_der))
@@ -87,7 +109,7 @@ def encrypt_ticket(public_der: bytes, password: str | bytes | None) -> bytes:
     if not isinstance(key, rsa.RSAPublicKey) or key.key_size != 8 * TICKET_SIZE:
         raise LinkProtocolError(LinkError.INVALID_DATA, "server public key is not RSA-1024")
     try:
-        return key.encrypt(raw + b"\0", _OAEP)
+        return key.encrypt(raw + b"\0", _oaep())
     except ValueError as e:  # pragma: no cover - RSA-1024 always fits 61 bytes
         raise LinkProtocolError(LinkError.INVALID_DATA, f"cannot encrypt ticket: {e}") from e
 
@@ -99,14 +121,15 @@ def _decrypt(key: LinkKey, ticket: bytes) -> bytes | None:
     """The OAEP plaintext, or None. spice-html5 (ticket.js) drops a ciphertext's leading
     zero bytes and pads zeros at the end instead (about one link in 256); such a ticket
     is tried again with up to 3 zeros put back, so those links are not refused."""
+    oaep = _oaep()
     try:
-        return key.private.decrypt(ticket, _OAEP)
+        return key.private.decrypt(ticket, oaep)
     except ValueError:
         pass
     zeros = len(ticket) - len(ticket.rstrip(b"\0"))
     for shift in range(1, min(zeros, MAX_TICKET_SHIFT) + 1):
         try:
-            return key.private.decrypt(bytes(shift) + ticket[:-shift], _OAEP)
+            return key.private.decrypt(bytes(shift) + ticket[:-shift], oaep)
         except ValueError:
             pass
     return None

@@ -244,6 +244,7 @@ class ChannelClient:
         handle_now = self.handle_now
         dispatch = self._dispatch
         receive = self.io.receive
+        cork, uncork = self.sender.cork, self.sender.uncork
         data: bytes | bytearray = initial
         size = RECEIVE_SIZE
         while True:
@@ -251,9 +252,15 @@ class ChannelClient:
                 self.bytes_in += len(data)
                 messages = feed(data)
                 self.messages_in += len(messages)
+                # what the messages of one read make the server send goes out in one
+                # write (echoes, replies); nothing stays held across an await
+                cork()
                 for msg in messages:
                     if not handle_now(msg.type, msg.body):
+                        uncork()
                         await dispatch(msg)
+                        cork()
+                uncork()
                 # big messages: big reads (fewer reads and split bodies); small ones:
                 # reads that do not make tens of thousands of message objects at once
                 big = len(data) >= LARGE_MESSAGE * (len(messages) + 1)

@@ -14,7 +14,6 @@ from typing import Any
 
 import trio
 
-from ..transport import accept_websocket
 from ..transport.tlssocket import TLSSocketStream
 from .link_driver import LINK_RECEIVE
 from .sockets import set_keepalive
@@ -88,6 +87,8 @@ async def sniff(
             return stream, None
         initial += data
     if websocket and initial.startswith(HTTP_GET):
+        from ..transport.websocket import accept_websocket  # wsproto once one arrives
+
         ws = await accept_websocket(stream, initial)
         conn.websocket = True
         conn.peer += " websocket"

@@ -26,6 +26,7 @@ from ..transport.plainsocket import StreamIO
 
 BATCH_BYTES = 256 * 1024
 BATCH_MESSAGES = 64  # a batch of more (small) messages is joined into one buffer
+GATHER_FRAMES = 64  # frames per writev when uncorking (at most 128 buffers)
 
 Frame = tuple[Body, ...]  # one message's framed parts, or what is left of them
 
@@ -48,12 +49,17 @@ class Sender:
         self._unwritten = 0
         self._dequeued = RepeatedEvent()  # queued_bytes went down
         self._closed = False
+        self._held: list[tuple[Frame, int]] | None = None  # corked: frames held
 
     def push(self, frame: Frame, size: int) -> None:
         """Send one framed message of `size` bytes after everything pushed before."""
         if self._closed:
             return
         if self.direct and not self._unwritten:
+            if self._held is not None:
+                self._held.append((frame, size))
+                self.queued_bytes += size
+                return
             n = self.io.write_now(frame)
             self.bytes_out += n
             if n == size:
@@ -62,9 +68,45 @@ class Sender:
             if n:
                 frame = _rest(frame, n)
                 size -= n
+        self._enqueue(frame, size)
+
+    def _enqueue(self, frame: Frame, size: int) -> None:
         self.queued_bytes += size
         self._unwritten += 1
         self._send.send_nowait(frame)
+
+    def cork(self) -> None:
+        """Hold the frames a direct sender would write at once until `uncork()`, which
+        writes them together (the replies to one read in one writev). The caller
+        uncorks before anything that can wait."""
+        if self.direct and self._held is None:
+            self._held = []
+
+    def uncork(self) -> None:
+        """Write the held frames now, in order, in as few writes as the kernel takes;
+        what it does not take is queued for the sender task, in order."""
+        held, self._held = self._held, None
+        if not held:
+            return
+        self.queued_bytes -= sum(size for _, size in held)
+        self._dequeued.set()
+        if not self.direct:  # disconnected meanwhile: the queue drops them
+            for frame, size in held:
+                self._enqueue(frame, size)
+            return
+        for start in range(0, len(held), GATHER_FRAMES):
+            group = held[start : start + GATHER_FRAMES]
+            n = self.io.write_now([part for frame, _ in group for part in frame])
+            self.bytes_out += n
+            for i, (frame, size) in enumerate(group):
+                if n >= size:
+                    n -= size
+                    self.messages_out += 1
+                    continue
+                self._enqueue(_rest(frame, n) if n else frame, size - n)
+                for frame, size in held[start + i + 1 :]:
+                    self._enqueue(frame, size)
+                return
 
     async def wait_queued_below(self, limit: int) -> None:
         while self.queued_bytes >= limit:
@@ -107,6 +149,7 @@ class Sender:
     def close(self) -> None:
         """Drop whatever is queued; write nothing from now on."""
         self._closed = True
+        self._held = None
         self.direct = False
         self.io.forget()
         while True:
