@@ -17,6 +17,11 @@ class ConflictDetector:
         self._message = message
         self._held = False
 
+    @property
+    def held(self) -> bool:
+        """A task is inside."""
+        return self._held
+
     def __enter__(self) -> None:
         if self._held:
             raise trio.BusyResourceError(self._message)

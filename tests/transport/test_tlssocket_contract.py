@@ -126,3 +126,23 @@ async def test_a_peer_that_is_not_tls_breaks_the_handshake(ca: trustme.CA) -> No
         await server.do_handshake()
     assert isinstance(info.value.__cause__, (ssl.SSLError, OSError))
     await server.aclose()
+
+
+async def test_write_now_that_openssl_leaves_half_done_is_repeated_once(ca: trustme.CA) -> None:
+    """A write_now the socket cannot take returns 0 and leaves `must_repeat`; the next
+    send_all, starting with the same bytes, completes it: every byte arrives once."""
+    client, server = await tls_pair(ca, bufsize=4096)
+    assert client.write_now(b"small") == 5 and client.must_repeat == 0
+    big = bytes(range(256)) * 2048  # 512 KiB: far more than the socket holds
+    assert client.write_now(big) == 0
+    assert client.must_repeat == len(big)
+    assert client.write_now(b"later") == 0  # nothing may overtake it
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send_all, big + b"after")
+        with trio.fail_after(10):
+            while len(got) < 5 + len(big) + 5:
+                got += await server.receive_some(65536)
+    assert bytes(got) == b"small" + big + b"after" and client.must_repeat == 0
+    await client.aclose()
+    await server.aclose()

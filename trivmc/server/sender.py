@@ -115,7 +115,9 @@ class Sender:
     def _batch(self, first: Frame) -> list[Frame]:
         batch = [first]
         size = sum(len(p) for p in first)
-        while size < BATCH_BYTES:
+        # at least what a write_now left half done (TLS), which the queue's head holds
+        least = max(BATCH_BYTES, self.io.must_repeat)
+        while size < least:
             try:
                 frame = self._recv.receive_nowait()
             except trio.WouldBlock:

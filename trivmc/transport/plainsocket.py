@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import trio
 
 from ..protocol.messages import Body
+from .tlssocket import TLSSocketStream
 
 GATHER_MAX_PARTS = 128  # a writev takes at most IOV_MAX (1024) buffers; more are joined
 
@@ -50,6 +51,12 @@ class StreamIO:
         return len(data)
 
     def write_now(self, parts: Sequence[Body]) -> int:
+        return 0
+
+    @property
+    def must_repeat(self) -> int:
+        """Bytes that the next `send_parts` must begin with (already handed to
+        `write_now`, which took none of them): it must be at least this long."""
         return 0
 
     def forget(self) -> None:
@@ -119,8 +126,38 @@ class PlainSocketIO(StreamIO):
         self._fd = -1
 
 
+class TLSSocketIO(StreamIO):
+    """Byte I/O over trivmc's TLS-on-the-fd stream: `write_now` writes a message at
+    once when OpenSSL and the socket take all of it. When they do not, the frame is
+    queued whole and the sender's next write starts with its bytes, as OpenSSL's
+    retry rule requires (TLSSocketStream.write_now)."""
+
+    writes_now = True
+
+    def __init__(self, stream: TLSSocketStream) -> None:
+        super().__init__(stream)
+        self.tls = stream
+
+    def write_now(self, parts: Sequence[Body]) -> int:
+        if self._forgotten:
+            return 0
+        return self.tls.write_now(b"".join(parts))
+
+    @property
+    def must_repeat(self) -> int:
+        return self.tls.must_repeat
+
+    _forgotten = False
+
+    def forget(self) -> None:
+        self._forgotten = True
+
+
 def stream_io(stream: trio.abc.Stream) -> StreamIO:
-    """The fast path for a plain socket, the generic one for any other stream."""
+    """The fast path for a plain socket or TLS on the fd, the generic one for any
+    other stream."""
     if isinstance(stream, trio.SocketStream):
         return PlainSocketIO(stream)
+    if isinstance(stream, TLSSocketStream):
+        return TLSSocketIO(stream)
     return StreamIO(stream)

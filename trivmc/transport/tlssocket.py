@@ -37,6 +37,9 @@ class TLSSocketStream(trio.abc.Stream):
     def __init__(self, ssl_sock: ssl.SSLSocket) -> None:
         self._ssl = ssl_sock
         self._closed = False
+        # bytes a write_now left to OpenSSL half done: the next send_all must begin
+        # with them and be at least this long
+        self.must_repeat = 0
         self._sending = ConflictDetector("another task is sending on this TLS stream")
         self._receiving = ConflictDetector("another task is receiving on this TLS stream")
 
@@ -100,7 +103,8 @@ class TLSSocketStream(trio.abc.Stream):
             while True:
                 self._check_open()
                 try:
-                    return self._ssl.recv(size)
+                    data = self._ssl.recv(size)
+                    return self._more(data, size) if 0 < len(data) < size else data
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
                     await self._wait(want)
                 except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -109,6 +113,39 @@ class TLSSocketStream(trio.abc.Stream):
                     self._check_open()  # closed by another task meanwhile
                     raise trio.BrokenResourceError(f"TLS read failed: {e}") from e
 
+    def _more(self, first: bytes, size: int) -> bytes:
+        """`first` and the records already readable after it, up to `size` bytes: one
+        OpenSSL read gives one record (16 KiB at most), so a large receive takes the
+        rest that is there now instead of returning to the caller per record."""
+        chunks = [first]
+        got = len(first)
+        while got < size:
+            try:
+                data = self._ssl.recv(size - got)
+            except OSError:  # nothing more now (WANT_READ), or an error or the end,
+                break  # which the next receive_some reports (these bytes are kept)
+            if not data:
+                break
+            chunks.append(data)
+            got += len(data)
+        return first if len(chunks) == 1 else b"".join(chunks)
+
+    def write_now(self, data: bytes) -> int:
+        """Write `data` at once if OpenSSL and the socket take all of it: len(data);
+        otherwise 0, and then the next write on this stream (a `send_all`) must begin
+        with these same bytes: OpenSSL may have sent some of their records already and
+        goes on from there (the buffer may move, as Python's ssl module allows, but
+        its first bytes must be the same). Never blocks, never raises; 0 while a
+        `send_all` is in progress or once closed."""
+        if self._closed or self._sending.held or self.must_repeat or not data:
+            return 0
+        try:
+            self._ssl.send(data)
+        except OSError:  # WANT_WRITE / WANT_READ, or broken: send_all finds out
+            self.must_repeat = len(data)
+            return 0
+        return len(data)
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._sending:
             await trio.lowlevel.checkpoint()
@@ -116,6 +153,7 @@ class TLSSocketStream(trio.abc.Stream):
             while True:
                 self._check_open()
                 if not len(view):
+                    self.must_repeat = 0
                     return
                 try:
                     # without partial writes OpenSSL takes it all or asks for the
