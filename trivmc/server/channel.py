@@ -245,7 +245,7 @@ class ChannelClient:
         dispatch = self._dispatch
         receive = self.io.receive
         cork, uncork = self.sender.cork, self.sender.uncork
-        data: bytes | bytearray = initial
+        data: bytes | bytearray | memoryview = initial
         size = RECEIVE_SIZE
         while True:
             if data:

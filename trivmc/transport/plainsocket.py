@@ -3,7 +3,8 @@
 `stream_io(stream)` gives a `PlainSocketIO` for a `trio.SocketStream` and a `StreamIO`
 for anything else (TLS, WebSocket, in-memory streams). Both offer the same three calls:
 
-- `receive(size)`: one read, b"" at end of stream;
+- `receive(size)`: one read, b"" at end of stream (a view the caller drops
+  before its next call);
 - `send_parts(parts)`: write every byte of a list of buffers, in order;
 - `write_now(parts)`: write what the kernel takes at once, without waiting or a task
   switch, and return the byte count (a `StreamIO` takes nothing: 0).
@@ -31,6 +32,8 @@ import trio
 from ..protocol.messages import Body
 from .tlssocket import TLSSocketStream
 
+STREAMING_READ = 64 * 1024  # a read this big says the peer streams: reuse a buffer
+REUSED_BUFFER = 1024 * 1024
 GATHER_MAX_PARTS = 128  # a writev takes at most IOV_MAX (1024) buffers; more are joined
 
 
@@ -42,7 +45,7 @@ class StreamIO:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
 
-    async def receive(self, size: int) -> bytes | bytearray:
+    async def receive(self, size: int) -> bytes | bytearray | memoryview:
         return await self.stream.receive_some(size)
 
     async def send_parts(self, parts: list[Body]) -> int:
@@ -72,16 +75,42 @@ class PlainSocketIO(StreamIO):
         super().__init__(stream)
         self.socket = stream.socket
         self._fd = stream.socket.fileno()
+        self._buf: bytearray | None = None  # the reused receive buffer, while streaming
 
-    async def receive(self, size: int) -> bytes:
-        """One read of the fd; a wait for readability only when there is nothing."""
+    @property
+    def held_buffer(self) -> int:
+        """Bytes of the receive buffer kept for the next read (0 while waiting)."""
+        return 0 if self._buf is None else len(self._buf)
+
+    async def receive(self, size: int) -> bytes | memoryview:
+        """One read of the fd; a wait for readability only when there is nothing.
+
+        While the peer streams (reads that do not block, after one of at least
+        `STREAMING_READ` bytes), reads go into one reused buffer and a view of it is
+        returned: a fresh buffer per read costs its allocation and page faults, more
+        than the kernel's copy (docs/architecture.md). The buffer is reused only when
+        no view of the last read is alive any more (a resize attempt says so); the
+        caller drops its views before it calls again, and anything that keeps bytes
+        (a partial device write, a queued buffer) keeps its view, so that read's
+        buffer is simply not reused. Waiting drops it: idle connections hold none."""
         await trio.lowlevel.checkpoint()
         while True:
             if self._fd < 0:
                 raise trio.ClosedResourceError("socket closed")
+            buf = self._buf
             try:
-                return os.read(self._fd, size)
+                if buf is None:
+                    data = os.read(self._fd, size)
+                    if len(data) >= STREAMING_READ:
+                        self._buf = bytearray(max(size, REUSED_BUFFER))
+                    return data
+                if len(buf) < size or not _unshared(buf):
+                    buf = self._buf = bytearray(max(size, REUSED_BUFFER))
+                with memoryview(buf) as whole, whole[:size] as target:
+                    n = os.readv(self._fd, [target])
+                return memoryview(buf)[:n] if n else b""
             except BlockingIOError:
+                self._buf = buf = None  # nothing to read: hold no buffer while waiting
                 await trio.lowlevel.wait_readable(self.socket)
             except OSError as e:
                 raise trio.BrokenResourceError(f"socket read failed: {e}") from e
@@ -151,6 +180,17 @@ class TLSSocketIO(StreamIO):
 
     def forget(self) -> None:
         self._forgotten = True
+
+
+def _unshared(buf: bytearray) -> bool:
+    """No view of `buf` is alive: a bytearray with exports refuses to resize. (The
+    resize is by one byte within its allocation: no copy.)"""
+    try:
+        buf.append(0)
+    except BufferError:
+        return False
+    del buf[-1]
+    return True
 
 
 def stream_io(stream: trio.abc.Stream) -> StreamIO:
