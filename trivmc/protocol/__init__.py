@@ -107,6 +107,13 @@ from .messages import (
     WaitForChannels,
     name_and_uuid,
 )
+from .messages_migration import (
+    MainMigrateBegin,
+    MainMigrateBeginSeamless,
+    MainMigrateDstDoSeamless,
+    MainMigrateSwitchHost,
+    MigrationDstInfo,
+)
 from .ticket import (
     LinkKey,
     check_password,
@@ -157,6 +164,10 @@ __all__ = [
     "MainCap",
     "MainChannelsList",
     "MainInit",
+    "MainMigrateBegin",
+    "MainMigrateBeginSeamless",
+    "MainMigrateDstDoSeamless",
+    "MainMigrateSwitchHost",
     "MainMouseMode",
     "MainMouseModeRequest",
     "MainName",
@@ -165,6 +176,7 @@ __all__ = [
     "MessageDecoder",
     "MessageEncoder",
     "MessageTooLarge",
+    "MigrationDstInfo",
     "MsgCommon",
     "MsgMain",
     "MsgVmc",
