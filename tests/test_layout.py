@@ -200,3 +200,14 @@ def test_modules_are_small() -> None:
         f"{MODULES[m].relative_to(ROOT.parent)}: {n}" for m, n in sizes.items() if n > MAX_LINES
     )
     assert not over, f"modules over {MAX_LINES} lines:\n" + "\n".join(over)
+
+
+def test_no_two_public_classes_share_a_name() -> None:
+    """A class name says which class it is, whichever package it is read in."""
+    where: dict[str, list[str]] = {}
+    for name, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(name)
+    shared = {cls: mods for cls, mods in where.items() if len(mods) > 1}
+    assert not shared, shared

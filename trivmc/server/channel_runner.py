@@ -18,7 +18,7 @@ from .channel import ChannelOptions, Traffic
 from .config import ServerConfig
 from .connection import ConnInfo
 from .events import EventHub, LinkedChannel
-from .link_driver import Linked
+from .link_driver import LinkedConnection
 from .link_policy import LinkPolicy
 from .main_channel import MainChannelClient
 from .registry import ChannelRegistry
@@ -52,7 +52,7 @@ class ChannelRunner:
         self.main_traffic = Traffic()  # of the main channels that ended
         self.main_clients: set[MainChannelClient] = set()  # the live ones
 
-    async def run(self, stream: trio.abc.Stream, linked: Linked, conn: ConnInfo) -> None:
+    async def run(self, stream: trio.abc.Stream, linked: LinkedConnection, conn: ConnInfo) -> None:
         """Serve the linked channel; `conn.peer` names it from now on (the connection's
         last log line, written by the caller, says how it ended)."""
         mess = linked.mess
@@ -88,7 +88,11 @@ class ChannelRunner:
         self.events.emit("SPICE_INITIALIZED", {"server": server, "client": entry.info()})
 
     async def _run_main(
-        self, stream: trio.abc.Stream, opts: ChannelOptions, linked: Linked, conn: ConnInfo
+        self,
+        stream: trio.abc.Stream,
+        opts: ChannelOptions,
+        linked: LinkedConnection,
+        conn: ConnInfo,
     ) -> None:
         session = self.sessions.create()
         self._initialized(conn, session.connection_id, linked.mess)
@@ -120,7 +124,7 @@ class ChannelRunner:
         self,
         stream: trio.abc.Stream,
         opts: ChannelOptions,
-        linked: Linked,
+        linked: LinkedConnection,
         conn: ConnInfo,
         channel: VmcChannel,
         session: ServerSession,

@@ -57,7 +57,7 @@ class LinkingConn(Via, Protocol):
 
 
 @dataclass
-class Linked:
+class LinkedConnection:
     """A link that got OK: its link message, the framing it chose, the bytes that
     followed it, and the session a VMC channel joins (None for main)."""
 
@@ -99,7 +99,7 @@ class LinkDriver:
 
     async def link(
         self, stream: trio.abc.Stream, conn: LinkingConn, initial: bytes
-    ) -> Linked | None:
+    ) -> LinkedConnection | None:
         """Drive the link of `conn`, whose first bytes were `initial`; None when it was
         refused (answered and logged) or the peer closed during it."""
         peer = conn.peer
@@ -154,4 +154,4 @@ class LinkDriver:
                         self._refuse(peer, code, f"channel {mess.channel_type}:{mess.channel_id}")
                         return None
                     self.accepted[ChannelType(mess.channel_type)] += 1
-                    return Linked(mess, machine.mini_header, machine.trailing, session)
+                    return LinkedConnection(mess, machine.mini_header, machine.trailing, session)
