@@ -32,8 +32,8 @@ import trio
 from ..protocol.messages import Body
 from .tlssocket import TLSSocketStream
 
-STREAMING_READ = 64 * 1024  # a read this big says the peer streams: reuse a buffer
-REUSED_BUFFER = 1024 * 1024
+SHARED_BUFFERS = 4  # receive buffers a trio run shares among its plain sockets
+SHARED_BUFFER_SIZE = 1024 * 1024  # as large as a channel's largest read
 GATHER_MAX_PARTS = 128  # a writev takes at most IOV_MAX (1024) buffers; more are joined
 
 
@@ -75,42 +75,29 @@ class PlainSocketIO(StreamIO):
         super().__init__(stream)
         self.socket = stream.socket
         self._fd = stream.socket.fileno()
-        self._buf: bytearray | None = None  # the reused receive buffer, while streaming
-
-    @property
-    def held_buffer(self) -> int:
-        """Bytes of the receive buffer kept for the next read (0 while waiting)."""
-        return 0 if self._buf is None else len(self._buf)
 
     async def receive(self, size: int) -> bytes | memoryview:
         """One read of the fd; a wait for readability only when there is nothing.
 
-        While the peer streams (reads that do not block, after one of at least
-        `STREAMING_READ` bytes), reads go into one reused buffer and a view of it is
-        returned: a fresh buffer per read costs its allocation and page faults, more
-        than the kernel's copy (docs/architecture.md). The buffer is reused only when
-        no view of the last read is alive any more (a resize attempt says so); the
-        caller drops its views before it calls again, and anything that keeps bytes
-        (a partial device write, a queued buffer) keeps its view, so that read's
-        buffer is simply not reused. Waiting drops it: idle connections hold none."""
+        The read goes into one of the run's shared receive buffers (`ReceiveBuffers`)
+        and a view of it is returned: a fresh buffer per read costs its allocation and
+        page faults, more than the kernel's copy (docs/architecture.md). The caller
+        drops its views before it calls again; a buffer of which a view is still alive
+        (a partial device write, a queued buffer) is not reused. When every shared
+        buffer is held, the read takes a fresh `bytes` as trio's own would."""
         await trio.lowlevel.checkpoint()
         while True:
             if self._fd < 0:
                 raise trio.ClosedResourceError("socket closed")
-            buf = self._buf
+            buf = receive_buffers().get(size)
             try:
                 if buf is None:
-                    data = os.read(self._fd, size)
-                    if len(data) >= STREAMING_READ:
-                        self._buf = bytearray(max(size, REUSED_BUFFER))
-                    return data
-                if len(buf) < size or not _unshared(buf):
-                    buf = self._buf = bytearray(max(size, REUSED_BUFFER))
+                    return os.read(self._fd, size)
                 with memoryview(buf) as whole, whole[:size] as target:
                     n = os.readv(self._fd, [target])
                 return memoryview(buf)[:n] if n else b""
             except BlockingIOError:
-                self._buf = buf = None  # nothing to read: hold no buffer while waiting
+                buf = None
                 await trio.lowlevel.wait_readable(self.socket)
             except OSError as e:
                 raise trio.BrokenResourceError(f"socket read failed: {e}") from e
@@ -180,6 +167,47 @@ class TLSSocketIO(StreamIO):
 
     def forget(self) -> None:
         self._forgotten = True
+
+
+class ReceiveBuffers:
+    """The receive buffers one trio run shares among all its plain sockets: at most
+    `count` buffers of `size` bytes (4 MiB per run by default, whatever the number of
+    connections), made when first needed and kept. A read is synchronous from the
+    moment it gets a buffer to the moment it returns the view, so one buffer serves
+    every connection in turn; `get` hands out only a buffer of which no view is
+    alive."""
+
+    def __init__(self, count: int = SHARED_BUFFERS, size: int = SHARED_BUFFER_SIZE) -> None:
+        self.count = count
+        self.size = size
+        self.buffers: list[bytearray] = []
+
+    def get(self, size: int) -> bytearray | None:
+        """A buffer of at least `size` bytes that nobody holds a view of, or None."""
+        if size > self.size:
+            return None
+        for buf in self.buffers:
+            if _unshared(buf):
+                return buf
+        if len(self.buffers) < self.count:
+            buf = bytearray(self.size)
+            self.buffers.append(buf)
+            return buf
+        return None
+
+
+_RECEIVE_BUFFERS = trio.lowlevel.RunVar[ReceiveBuffers]("trivmc_receive_buffers")
+
+
+def receive_buffers() -> ReceiveBuffers:
+    """This trio run's shared receive buffers (each run has its own: two runs in two
+    threads never share one)."""
+    try:
+        return _RECEIVE_BUFFERS.get()
+    except LookupError:
+        buffers = ReceiveBuffers()
+        _RECEIVE_BUFFERS.set(buffers)
+        return buffers
 
 
 def _unshared(buf: bytearray) -> bool:
