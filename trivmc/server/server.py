@@ -28,7 +28,7 @@ from .config import ServerConfig
 from .conn_errors import log_connection_error
 from .connection import ConnInfo, client_stream, sniff, tls_handshake
 from .events import EventHub, basic_info
-from .heap import trim_periodically
+from .heap import pin_mmap_threshold, trim_periodically
 from .keypool import KeyPool
 from .keys import KeyMaker
 from .link_driver import LinkDriver
@@ -211,6 +211,7 @@ class Server:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.key_maker.run)
                 if self.config.heap_trim_interval:
+                    pin_mmap_threshold()
                     nursery.start_soon(trim_periodically, self.config.heap_trim_interval)
                 # from here on add_channel starts a channel itself; one added while the
                 # first keys were made is started here, with the others (once)
