@@ -1,12 +1,14 @@
 """trio SPICE client for usbredir, port and webdav channels of any SPICE server.
 
 Modules: `address` (URIs), `connection` (transport, link, framed messages), `stream`
-(`ChannelStream`, a linked VMC channel as a trio stream), `session` (`Session`,
-`connect`), `errors` (what the client raises). Each imports only those before it.
+(`ChannelStream`, a linked VMC channel as a trio stream), `migration` and `moves`
+(following a live migration, docs/migration.md), `session` (`Session`, `connect`),
+`errors` (what the client raises). Each imports only those before it.
 """
 
 from .address import Address, parse_uri
 from .errors import ChannelNotFound, MainChannelClosed, SpiceLinkError
+from .migration import MoveKind
 from .session import Session, connect
 from .stream import ChannelStream
 
@@ -15,6 +17,7 @@ __all__ = [
     "ChannelNotFound",
     "ChannelStream",
     "MainChannelClosed",
+    "MoveKind",
     "Session",
     "SpiceLinkError",
     "connect",

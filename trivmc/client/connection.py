@@ -21,6 +21,7 @@ from ..protocol import (
     LinkFailed,
     LinkReplyReceived,
     Message,
+    MsgCommon,
     ProtocolError,
 )
 from ..protocol.channel import ChannelConnection, Role
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 16 * 1024 * 1024
 RECEIVE_SIZE = 256 * 1024
+_MIGRATION_MESSAGES = (MsgCommon.MIGRATE, MsgCommon.MIGRATE_DATA)
 
 
 async def open_stream(
@@ -162,6 +164,11 @@ class MessageConnection:
         self._pending: deque[Message] = deque(self.decoder.feed(linked.trailing))
         self._send_lock = trio.Lock()
 
+    @property
+    def send_lock(self) -> trio.Lock:
+        """Held while a send is under way; FIFO, so taking it waits for earlier sends."""
+        return self._send_lock
+
     async def send(self, mtype: int, body: bytes = b"") -> None:
         async with self._send_lock:
             await self.stream.send_all(self.encoder.encode(mtype, body))
@@ -172,12 +179,16 @@ class MessageConnection:
 
     async def receive(self) -> Message | None:
         """The next message of the channel's own (None at EOF); the common ones are
-        answered (PING, SET_ACK, the ACK window) or taken on the way."""
+        answered (PING, SET_ACK, the ACK window) or taken on the way, except MIGRATE and
+        MIGRATE_DATA, which the channel's migration handles."""
         while True:
             while self._pending:
-                event = self.conn.handle(self._pending.popleft())
+                msg = self._pending.popleft()
+                event = self.conn.handle(msg)
                 if self.conn.has_data_to_send:
                     await self.send_raw(self.conn.data_to_send())
+                if msg.type in _MIGRATION_MESSAGES:
+                    return msg
                 if isinstance(event, Message):
                     return event
             data = await self.stream.receive_some(RECEIVE_SIZE)

@@ -39,6 +39,8 @@ from ..transport import client_tls_context
 from .address import Address, parse_uri
 from .connection import MessageConnection, link_channel
 from .errors import ChannelNotFound, MainChannelClosed, SpiceLinkError
+from .migration import MoveKind, Target
+from .moves import MIGRATION_MESSAGES, destination_message, migration_message
 from .stream import ChannelStream
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class Session:
         password: str | None,
         lz4: bool,
         tls: ssl.SSLContext | None = None,
+        follow_migration: bool = True,
     ) -> None:
         self.address = address
         self.password = password
@@ -72,30 +75,52 @@ class Session:
         self._got_list = False
         self._channels_changed = RepeatedEvent()  # set when channels or closed change
         self.closed = False
+        self.follow_migration = follow_migration
+        self.migrations = 0  # moves completed (docs/migration.md)
+        self.last_migration: MoveKind | None = None
+        self._migrated = RepeatedEvent()
+        self._target: Target | None = None
+
+    @property
+    def main_caps(self) -> list[int]:
+        caps: list[int] = [MainCap.NAME_AND_UUID]
+        if self.follow_migration:  # AGENT_CONNECTED_TOKENS: spice-server's seamless needs it
+            caps += [
+                MainCap.SEMI_SEAMLESS_MIGRATE,
+                MainCap.SEAMLESS_MIGRATE,
+                MainCap.AGENT_CONNECTED_TOKENS,
+            ]
+        return caps
 
     async def _link_main(self) -> None:
+        self.main = await self._new_main(self.address)
+
+    async def _new_main(self, address: Address) -> MessageConnection:
+        """Link a new main channel at `address` and set the session up on it: MAIN_INIT,
+        ATTACH_CHANNELS, the first CHANNELS_LIST."""
         linked = await link_channel(
-            self.address, 0, ChannelType.MAIN, 0, [MainCap.NAME_AND_UUID], self.password, self.tls
+            address, 0, ChannelType.MAIN, 0, self.main_caps, self.password, self.tls
         )
-        self.main = MessageConnection(linked, 1 << 20)
+        main = MessageConnection(linked, 1 << 20)
         try:
             with trio.fail_after(30):
                 init = None
                 while init is None:
-                    msg = await self._main_message("MAIN_INIT")
+                    msg = await self._main_message(main, "MAIN_INIT")
                     if msg.type == MsgMain.INIT:
                         init = MainInit.decode(msg.body)
                 self.session_id = init.session_id
-                await self.main.send(MsgcMain.ATTACH_CHANNELS)
+                await main.send(MsgcMain.ATTACH_CHANNELS)
+                self._got_list = False
                 while not self._got_list:
-                    self._on_main(await self._main_message("CHANNELS_LIST"))
+                    self._on_main(await self._main_message(main, "CHANNELS_LIST"))
         except BaseException:
             await trio.aclose_forcefully(linked.stream)
             raise
+        return main
 
-    async def _main_message(self, waiting_for: str) -> Message:
-        assert self.main is not None
-        msg = await self.main.receive()
+    async def _main_message(self, main: MessageConnection, waiting_for: str) -> Message:
+        msg = await main.receive()
         if msg is None:
             raise MainChannelClosed(f"server closed the main channel before {waiting_for}")
         return msg
@@ -137,20 +162,103 @@ class Session:
 
     async def _main_loop(self) -> None:
         assert self.main is not None
+        await self._read_main(self.main)
+
+    async def _read_main(
+        self,
+        conn: MessageConnection,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Read one main connection until it ends or its role does (the session moved
+        away from it). The end of the session's current main channel ends the session;
+        the end of a destination's, before the switch, only ends that move."""
+        task_status.started()
         try:
             while True:
-                msg = await self.main.receive()
+                msg = await conn.receive()
                 if msg is None:
                     log.info("server closed the main channel")
                     break
-                self._on_main(msg)
+                if not await self._on_main_message(conn, msg):
+                    return
         except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError) as e:
             log.info("main channel lost: %s", e)
         finally:
-            self.closed = True
-            self._channels_changed.set()
-            for ch in list(self._open):
-                ch.connection_lost("the session's main channel closed")
+            target = self._target
+            if conn is self.main:
+                self._close_all("the session's main channel closed")
+            elif target is not None and conn is target.main and not target.connected:
+                target.lost = True  # the link task reports it to the source
+                target.answered.set()
+            elif target is not None and conn is target.main:
+                await self._drop_target("the destination closed its main channel")
+
+    def _close_all(self, why: str) -> None:
+        self.closed = True
+        self._channels_changed.set()
+        self._migrated.set()
+        for ch in list(self._open):
+            ch.connection_lost(why)
+
+    async def _on_main_message(self, conn: MessageConnection, msg: Message) -> bool:
+        """Handle one main message of `conn`; False when `conn` is no longer read."""
+        target = self._target
+        if target is not None and conn is target.main:
+            await destination_message(self, target, msg)
+            return True
+        if not self.follow_migration or msg.type not in MIGRATION_MESSAGES:
+            self._on_main(msg)
+            return True
+        return await migration_message(self, conn, msg)
+
+    def _moved(self, kind: MoveKind) -> None:
+        self.migrations += 1
+        self.last_migration = kind
+        log.info("session moved (%s) to %s", kind.value, self.address.host)
+        self._migrated.set()
+
+    def _channel_moved(self, ch: ChannelStream) -> None:
+        """A channel switched itself to the destination (its MIGRATE: seamless)."""
+        target = self._target
+        if target is None or not target.seamless_ok:
+            return
+        target.waiting.discard(ch)
+        target.channels.pop(ch, None)
+        if not target.waiting and target.main is self.main:
+            self._target = None
+            self._moved(MoveKind.SEAMLESS)
+
+    def _channel_closed(self, ch: ChannelStream) -> None:
+        """The application closed `ch`: a move under way forgets it too."""
+        self._open.discard(ch)
+        target = self._target
+        if target is None:
+            return
+        moved = target.channels.pop(ch, None)
+        if moved is not None and self._nursery is not None:
+            self._nursery.start_soon(trio.aclose_forcefully, moved[0].stream)
+        if ch in target.waiting:
+            target.waiting.discard(ch)
+            if not target.waiting and target.main is self.main:
+                self._target = None
+                self._moved(MoveKind.SEAMLESS)
+
+    async def _drop_target(self, why: str) -> None:
+        target, self._target = self._target, None
+        if target is not None:
+            log.info("migration dropped: %s", why)
+            await target.aclose()
+
+    async def wait_migrated(self, after: int | None = None) -> int:
+        """Wait until more than `after` moves completed (default: the count now), and
+        return the count. Raises ClosedResourceError when the session closes first."""
+        after = self.migrations if after is None else after
+        while self.migrations <= after:
+            if self.closed:
+                raise trio.ClosedResourceError("the session closed")
+            await self._migrated.wait()
+        return self.migrations
 
     def _has(self, channel_type: int, channel_id: int) -> bool:
         return (channel_type, channel_id) in self.channels
@@ -174,7 +282,8 @@ class Session:
             channel_id,
             lz4_out=lz4_out,
             is_unix=self.address.is_unix,
-            on_close=self._open.discard,
+            on_close=self._channel_closed,
+            on_moved=self._channel_moved,
         )
         self._open.add(channel)
         await self._nursery.start(channel.run)
@@ -222,6 +331,7 @@ class Session:
         """Close every channel and the main channel."""
         for ch in list(self._open):
             await ch.aclose()
+        await self._drop_target("the session closes")
         if self.main is not None:
             await trio.aclose_forcefully(self.main.stream)
         self.closed = True
@@ -236,15 +346,17 @@ async def connect(
     tls_port: int | None = None,
     ca_file: str | None = None,
     tls: ssl.SSLContext | None = None,
+    follow_migration: bool = True,
 ) -> AsyncIterator[Session]:
     """Link the main channel of the server at `uri` (see `parse_uri`); yield the
     Session. On exit every channel it opened is closed. Raises SpiceLinkError when the
     server refuses, MainChannelClosed when it hangs up before the channel list. TLS
     verifies the server certificate and host name against `ca_file` (or the system's
-    trust store); `tls` replaces that context entirely."""
+    trust store); `tls` replaces that context entirely. With `follow_migration` (the
+    default) the session follows the VM when it migrates (docs/migration.md)."""
     if tls is None and ca_file is not None:
         tls = client_tls_context(ca_file)
-    session = Session(parse_uri(uri, tls_port), password, lz4, tls)
+    session = Session(parse_uri(uri, tls_port), password, lz4, tls, follow_migration)
     await session._link_main()
     try:
         async with trio.open_nursery() as nursery:
