@@ -235,3 +235,25 @@ async def test_unreachable_destination_is_a_connect_error() -> None:
         await s.ch.send_all(b"z")
         assert await s.sport.data(1) == b"z"
         assert s.session.migrations == 0
+
+
+async def test_a_channel_closed_during_a_seamless_move() -> None:
+    """The move completes without the channel the application closed meanwhile, and
+    that channel's destination connection is closed too."""
+    async with session_on_source() as s:
+        begin = MainMigrateBeginSeamless(s.dst_info(), 1)
+        await s.smain.send(MsgMain.MIGRATE_BEGIN_SEAMLESS, begin.encode())
+        dmain = await s.dst.next_link((1, 0))
+        await dmain.expect(MsgcMain.MIGRATE_DST_DO_SEAMLESS)
+        await dmain.send(MsgMain.MIGRATE_DST_SEAMLESS_ACK)
+        dport = await s.dst.next_link(PORT)
+        await s.smain.expect(MsgcMain.MIGRATE_CONNECTED_SEAMLESS)
+        await s.ch.aclose()
+        assert await dport.closed() and await s.sport.closed()
+        await s.smain.send(MsgCommon.MIGRATE, Migrate(3).encode())
+        await s.smain.expect(MsgcCommon.MIGRATE_FLUSH_MARK)
+        await s.smain.send(MsgCommon.MIGRATE_DATA, b"main state")
+        await dmain.expect(MsgcCommon.MIGRATE_DATA)
+        with trio.fail_after(10):
+            assert await s.session.wait_migrated(0) == 1
+        assert s.session.last_migration is MoveKind.SEAMLESS

@@ -322,6 +322,8 @@ class ChannelStream(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
+        self._expect_switch = False
+        self._release()  # a send held by a move, or a reader waiting for one, ends
         self._on_close(self)
         self._data_recv.close()
         await trio.aclose_forcefully(self.conn.stream)
