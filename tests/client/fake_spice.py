@@ -73,6 +73,17 @@ class Linked:
             got += bytes((await self.expect(101)).body)
         return got
 
+    async def rest(self) -> list[int]:
+        """The types of the messages still coming, until the client closes."""
+        types = [m.type for m in self._pending]
+        self._pending.clear()
+        try:
+            while data := await self.stream.receive_some(65536):
+                types += [m.type for m in self.decoder.feed(data)]
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        return types
+
     async def closed(self) -> bool:
         """Whether the client closed it (EOF), after whatever was still coming."""
         try:

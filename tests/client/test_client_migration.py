@@ -257,3 +257,40 @@ async def test_a_channel_closed_during_a_seamless_move() -> None:
         with trio.fail_after(10):
             assert await s.session.wait_migrated(0) == 1
         assert s.session.last_migration is MoveKind.SEAMLESS
+
+
+async def test_switch_host_while_linking_to_the_destination() -> None:
+    """QEMU's SWITCH_HOST case: the move completes while the client is still linking
+    (here to a listener that never answers); the link is abandoned, no late
+    MIGRATE_CONNECTED is sent, and the session starts over at the destination."""
+    async with session_on_source() as s, trio.open_nursery() as nursery:
+        silent = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        accepted: list[trio.SocketStream] = []
+        got_one = trio.Event()
+
+        async def hold(conn: trio.SocketStream) -> None:
+            accepted.append(conn)
+            got_one.set()
+            await trio.sleep_forever()
+
+        nursery.start_soon(trio.serve_listeners, hold, [silent])
+        info = MigrationDstInfo(silent.socket.getsockname()[1], 0, b"127.0.0.1")
+        await s.smain.send(MsgMain.MIGRATE_BEGIN, MainMigrateBegin(info).encode())
+        with trio.fail_after(10):
+            await got_one.wait()
+        switch = MainMigrateSwitchHost(s.dst_info())
+        await s.smain.send(MsgMain.MIGRATE_SWITCH_HOST, switch.encode())
+        dmain = await play_main(s.dst, SID + 1)
+        assert dmain.mess.connection_id == 0
+        dport = await s.dst.next_link(PORT)
+        await s.ch.send_all(b"c")
+        assert await dport.data(1) == b"c"
+        with trio.fail_after(10):
+            assert await s.session.wait_migrated(0) == 1
+        assert s.session.last_migration is MoveKind.SWITCH_HOST
+        rest = await s.smain.rest()  # what the source got after SWITCH_HOST
+        assert set(rest) <= {MsgcCommon.PONG}, rest
+        with trio.fail_after(10):  # the abandoned link was closed
+            while await accepted[0].receive_some(65536):
+                pass
+        nursery.cancel_scope.cancel()
