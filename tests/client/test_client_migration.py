@@ -294,3 +294,23 @@ async def test_switch_host_while_linking_to_the_destination() -> None:
             while await accepted[0].receive_some(65536):
                 pass
         nursery.cancel_scope.cancel()
+
+
+async def test_seamless_refused_by_the_destination_goes_semi_seamless() -> None:
+    async with session_on_source() as s:
+        begin = MainMigrateBeginSeamless(s.dst_info(), 99)
+        await s.smain.send(MsgMain.MIGRATE_BEGIN_SEAMLESS, begin.encode())
+        dmain = await s.dst.next_link((1, 0))
+        await dmain.expect(MsgcMain.MIGRATE_DST_DO_SEAMLESS)
+        await dmain.send(MsgMain.MIGRATE_DST_SEAMLESS_NACK)
+        dport = await s.dst.next_link(PORT)
+        await s.smain.expect(MsgcMain.MIGRATE_CONNECTED)  # not _SEAMLESS
+        assert s.ch.migration_target is None
+        await s.smain.send(MsgMain.MIGRATE_END)
+        await dmain.expect(MsgcMain.MIGRATE_END)
+        await dmain.send(MsgMain.INIT, MainInit(SID).encode())
+        with trio.fail_after(10):
+            assert await s.session.wait_migrated(0) == 1
+        assert s.session.last_migration is MoveKind.SEMI_SEAMLESS
+        await s.ch.send_all(b"d")
+        assert await dport.data(1) == b"d"
