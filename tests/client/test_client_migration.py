@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import pytest
 import trio
 import trio.testing
 
@@ -142,7 +143,15 @@ async def test_semi_seamless_moves_the_same_stream() -> None:
         assert await dport.data(1) == b"d"
 
 
-async def test_seamless_forwards_migrate_data() -> None:
+async def move_main_seamlessly(s: Setup, dmain: Linked) -> None:
+    await s.smain.send(MsgCommon.MIGRATE, Migrate(3).encode())
+    await s.smain.expect(MsgcCommon.MIGRATE_FLUSH_MARK)
+    await s.smain.send(MsgCommon.MIGRATE_DATA, b"main state")
+    assert (await dmain.expect(MsgcCommon.MIGRATE_DATA)).body == b"main state"
+
+
+@pytest.mark.parametrize("main_first", [False, True])
+async def test_seamless_forwards_migrate_data(main_first: bool) -> None:
     async with session_on_source() as s, trio.open_nursery() as nursery:
         begin = MainMigrateBeginSeamless(s.dst_info(), 1)
         await s.smain.send(MsgMain.MIGRATE_BEGIN_SEAMLESS, begin.encode())
@@ -152,6 +161,9 @@ async def test_seamless_forwards_migrate_data() -> None:
         await dmain.send(MsgMain.MIGRATE_DST_SEAMLESS_ACK)
         dport = await s.dst.next_link(PORT)
         await s.smain.expect(MsgcMain.MIGRATE_CONNECTED_SEAMLESS)
+        if main_first:
+            await move_main_seamlessly(s, dmain)
+            assert s.session.migrations == 0  # the port has not moved yet
 
         await s.sport.send(DATA, b"from the source")
         await s.sport.send(MsgCommon.MIGRATE, Migrate(3).encode())
@@ -172,13 +184,12 @@ async def test_seamless_forwards_migrate_data() -> None:
         want = b"from the source then the destination"
         assert await receive(s.ch, len(want)) == want
 
-        assert s.session.migrations == 0  # main has not moved yet
-        await s.smain.send(MsgCommon.MIGRATE, Migrate(3).encode())
-        await s.smain.expect(MsgcCommon.MIGRATE_FLUSH_MARK)
-        await s.smain.send(MsgCommon.MIGRATE_DATA, b"main state")
-        assert (await dmain.expect(MsgcCommon.MIGRATE_DATA)).body == b"main state"
+        if not main_first:
+            assert s.session.migrations == 0  # main has not moved yet
+            await move_main_seamlessly(s, dmain)
         with trio.fail_after(10):
             assert await s.session.wait_migrated(0) == 1
+        assert s.session.migrations == 1
         assert s.session.last_migration is MoveKind.SEAMLESS
         assert await s.sport.closed() and await s.smain.closed()
 

@@ -88,6 +88,8 @@ class MovingSession(Protocol):
 
     def _moved(self, kind: MoveKind) -> None: ...
 
+    def _seamless_done(self, target: Target) -> None: ...
+
     def _close_all(self, why: str) -> None: ...
 
     def _on_main(self, msg: Message) -> None: ...
@@ -214,14 +216,12 @@ async def _main_migrate(s: MovingSession, source: MessageConnection, mig: Migrat
     if target is None or target.main is None or not target.seamless_ok:
         log.warning("migration: MIGRATE on main with no seamless destination")
         return True  # nowhere to go: the source's end will end the session
-    s.main = target.main
-    s.address = target.address
     if data is not None:
         await target.main.send(MsgcCommon.MIGRATE_DATA, bytes(data.body))
+    s.main = target.main
+    s.address = target.address
     await trio.aclose_forcefully(source.stream)
-    if not target.waiting:
-        s._target = None
-        s._moved(MoveKind.SEAMLESS)
+    s._seamless_done(target)
     return False
 
 

@@ -225,7 +225,12 @@ class Session:
             return
         target.waiting.discard(ch)
         target.channels.pop(ch, None)
-        if not target.waiting and target.main is self.main:
+        self._seamless_done(target)
+
+    def _seamless_done(self, target: Target) -> None:
+        """Count a seamless move once main and every channel switched (once only: the
+        last of them may finish while another still awaits its own switch)."""
+        if self._target is target and not target.waiting and target.main is self.main:
             self._target = None
             self._moved(MoveKind.SEAMLESS)
 
@@ -240,9 +245,7 @@ class Session:
             self._nursery.start_soon(trio.aclose_forcefully, moved[0].stream)
         if ch in target.waiting:
             target.waiting.discard(ch)
-            if not target.waiting and target.main is self.main:
-                self._target = None
-                self._moved(MoveKind.SEAMLESS)
+            self._seamless_done(target)
 
     async def _drop_target(self, why: str) -> None:
         target, self._target = self._target, None
