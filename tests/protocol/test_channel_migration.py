@@ -13,6 +13,8 @@ from trivmc.protocol import (
     ChannelConnection,
     Message,
     MessageDecoder,
+    MessageEncoder,
+    MessageTooLarge,
     Migrate,
     MigrateDataReceived,
     MigrateFlags,
@@ -87,6 +89,28 @@ def test_a_target_takes_migrate_data_first_then_channel_messages() -> None:
     assert u.handle(data) is data
     with pytest.raises(ProtocolError, match="without migration"):
         u.handle(Message(MsgcCommon.MIGRATE_DATA, b"again"))
+
+
+def test_a_target_may_take_a_migrate_data_above_max_message_once() -> None:
+    s = ChannelConnection(Role.SERVER, mini_header=True, max_message=16)
+    s.expect_migrate_data(max_size=100)
+    encoder = MessageEncoder(True)
+    with pytest.raises(MessageTooLarge):  # a channel message keeps max_message
+        ChannelConnection(Role.SERVER, mini_header=True, max_message=16).decoder.feed(
+            encoder.encode(CHANNEL_MSG, bytes(17))
+        )
+    (m,) = s.decoder.feed(encoder.encode(MsgcCommon.MIGRATE_DATA, bytes(100)))
+    assert isinstance(s.handle(m), MigrateDataReceived)
+    with pytest.raises(MessageTooLarge):  # taken once: the bound is back
+        s.decoder.feed(encoder.encode(MsgcCommon.MIGRATE_DATA, bytes(17)))
+    t = ChannelConnection(Role.SERVER, mini_header=True, max_message=16)
+    t.expect_migrate_data(max_size=100)
+    with pytest.raises(MessageTooLarge):
+        t.decoder.feed(encoder.encode(MsgcCommon.MIGRATE_DATA, bytes(101)))
+    u = ChannelConnection(Role.SERVER, mini_header=True, max_message=16)
+    u.expect_migrate_data(max_size=100)
+    with pytest.raises(MessageTooLarge):
+        u.decoder.feed(encoder.encode(CHANNEL_MSG, bytes(17)))
 
 
 def test_client_side_cannot_enter_the_server_states() -> None:
@@ -181,8 +205,8 @@ def test_a_good_body_round_trips_through_the_codec() -> None:
         (svmd(version=2), "SVMD version 2"),
         (svmd(chardev_version=2), "char-device version 2"),
         (svmd(connected=0), "connected is 0"),
-        (svmd(b"x" * 11), "byte budget 10"),
-        (svmd(write_size=2**32 - 1), "byte budget"),
+        (svmd(b"x" * 11), "above the bound 10"),
+        (svmd(write_size=2**32 - 1), "above the bound"),
         (svmd(write_data_ptr=0), "inside the 33-byte header"),
         (svmd(write_data_ptr=32), "inside"),
         (svmd(write_size=4), "does not end"),

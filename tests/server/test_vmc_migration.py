@@ -70,13 +70,14 @@ class Side:
         target: bool = False,
         max_queued: int = 2 << 20,
         byte_budget: int = 4 << 20,
+        max_message: int = 1 << 24,
     ) -> None:
         self.backend = backend
         self.channel = VmcChannel(
             ChannelType.PORT, 0, backend, "org.test.0", byte_budget=byte_budget
         )
         stream, self.peer = memory_channel()
-        opts = ChannelOptions("port:0", True, 1 << 24, is_unix=False, max_queued=max_queued)
+        opts = ChannelOptions("port:0", True, max_message, is_unix=False, max_queued=max_queued)
         self.client = VmcChannelClient(
             stream, opts, channel=self.channel, peer_lz4=False, migration_target=target
         )
@@ -228,8 +229,9 @@ BAD = [
     (svmd(b"abc", version=2), "SVMD version 2"),
     (svmd(b"abc", chardev_version=7), "char-device version 7"),
     (svmd(b"abc", connected=0), "connected is 0"),
-    (svmd(b"x" * 65), "byte budget 64"),
-    (svmd(b"abc", write_size=0xFFFFFFFF), "byte budget 64"),
+    (svmd(b"abc", write_size=129), "above the bound 128"),
+    (svmd(b"abc", write_size=0xFFFFFFFF), "above the bound 128"),
+    (svmd(b"x" * 200), "declares 233 bytes, bound 161"),
     (svmd(b"abc", write_data_ptr=8), "inside the 33-byte header"),
     (svmd(b"abc", write_size=4), "does not end"),
     (svmd(b"abc", write_data_ptr=0xFFFFFFF0), "does not end"),
@@ -245,7 +247,7 @@ async def test_bad_migration_data_closes_that_channel_only(
     match: str,
 ) -> None:
     backend = GateBackend()
-    t = Side(memory_channel, backend, target=True, byte_budget=64)
+    t = Side(memory_channel, backend, target=True, byte_budget=64, max_message=64)
     other = Side(memory_channel, EchoBackend())
     async with trio.open_nursery() as nursery:
         await t.start(nursery)
@@ -263,6 +265,25 @@ async def test_bad_migration_data_closes_that_channel_only(
     assert backend.data == b"" and t.channel.device.idle
     assert t.channel.device.stats.migrated_in == 0 and not t.client.migrated.is_set()
     assert other.error is None
+
+
+async def test_the_target_takes_all_a_source_device_may_hold(
+    memory_channel: MemoryChannel, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A source holds up to its byte budget plus one message: the target takes a
+    MIGRATE_DATA that large even though it is above max_message."""
+    backend = GateBackend()
+    t = Side(memory_channel, backend, target=True, byte_budget=64, max_message=64)
+    async with trio.open_nursery() as nursery:
+        await t.start(nursery)
+        await t.peer.send(MsgcCommon.MIGRATE_DATA, svmd(b"m" * 128))
+        await t.peer.send(MsgcVmc.DATA, b"n" * 64)
+        await until(lambda: len(backend.data) == 192)
+        await t.peer.send(MsgcVmc.DATA, b"n" * 65)  # max_message holds for DATA
+        await t.done.wait()
+        nursery.cancel_scope.cancel()
+    assert bytes(backend.data) == b"m" * 128 + b"n" * 64
+    assert t.error is not None and "declares 65 bytes, bound 64" in str(t.error)
 
 
 async def test_migration_messages_out_of_place_are_errors(

@@ -87,6 +87,7 @@ from .lz4rules import (
     vmc_payload,
 )
 from .messages import (
+    SVMD_HEADER_SIZE,
     Ack,
     AckSync,
     Body,
@@ -141,6 +142,7 @@ __all__ = [
     "MINI_HEADER_SIZE",
     "PUBKEY_SIZE",
     "SERVER_COMMON_CAPS",
+    "SVMD_HEADER_SIZE",
     "TICKET_SIZE",
     "VMC_CHANNEL_TYPES",
     "Ack",

@@ -181,12 +181,16 @@ class ChannelConnection:
         if flags & MigrateFlags.NEED_FLUSH:
             self.migration = MigrationState.FLUSH_AWAITED
 
-    def expect_migrate_data(self) -> None:
+    def expect_migrate_data(self, max_size: int | None = None) -> None:
         """This connection is a migration target (server side): MIGRATE_DATA must come
-        before any of the channel's messages. Call it before the first `handle`."""
+        before any of the channel's messages; with `max_size`, its bound until it came
+        (the others keep `max_message`). Call it before the first `handle`."""
         if self.role is not Role.SERVER or self.migration is not MigrationState.NONE:
             raise RuntimeError(f"{self.name}: cannot await MIGRATE_DATA now")
         self.migration = MigrationState.DATA_AWAITED
+        if max_size is not None:
+            other = self.decoder.max_size
+            self.decoder.size_limit = lambda t: max_size if t == MsgcCommon.MIGRATE_DATA else other
 
     # ---- in --------------------------------------------------------------------
 
@@ -228,6 +232,7 @@ class ChannelConnection:
             if self.migration is not MigrationState.DATA_AWAITED:
                 raise self._unexpected("MIGRATE_DATA")
             self.migration = MigrationState.NONE
+            self.decoder.size_limit = None
             return MigrateDataReceived(msg.body)
         else:
             raise UnknownMessage(f"{self.name}: unknown message type {mtype}")

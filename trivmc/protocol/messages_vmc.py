@@ -146,10 +146,11 @@ def check_vmc_migrate_data(body: Body, max_write: int) -> VmcMigrateDataHeader:
     """A migration target's decode of a spicevmc MIGRATE_DATA body: every field checked
     before the pending data is copied. Raises `ProtocolError` (`TruncatedMessage` for a
     short body) naming what is wrong: the magic, a version above 1 (SVMD or char
-    device), `connected` not 1, `write_size` above `max_write` (the target's byte
-    budget), a data offset inside the header, or an offset and size that do not end
-    exactly where the body ends. The token counts are taken as they come (VMC clients
-    have no flow control: nothing on the target depends on them)."""
+    device), `connected` not 1, `write_size` above `max_write` (what a source's device
+    may hold: its byte budget plus one message), a data offset inside the header, or
+    an offset and size that do not end exactly where the body ends. The token counts
+    are taken as they come (VMC clients have no flow control: nothing on the target
+    depends on them)."""
     if len(body) < SVMD_HEADER_SIZE:
         raise TruncatedMessage(
             f"MIGRATE_DATA: {len(body)} bytes, the SVMD header alone is {SVMD_HEADER_SIZE}"
@@ -167,7 +168,8 @@ def check_vmc_migrate_data(body: Body, max_write: int) -> VmcMigrateDataHeader:
         raise ProtocolError(f"MIGRATE_DATA: connected is {conn}, expected 1")
     if wsize > max_write:
         raise ProtocolError(
-            f"MIGRATE_DATA: write_size {wsize} above the channel's byte budget {max_write}"
+            f"MIGRATE_DATA: write_size {wsize} above the bound {max_write} (what a"
+            " source's device may hold: its byte budget plus one message)"
         )
     if wptr < SVMD_HEADER_SIZE:
         raise ProtocolError(

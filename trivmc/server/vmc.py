@@ -38,6 +38,7 @@ from ..chardev.interface import DeviceData
 from ..chardev.migration import MigratableCharDevice
 from ..protocol import (
     COMPRESSED_HEAD_SIZE,
+    SVMD_HEADER_SIZE,
     ChannelType,
     MigrateFlags,
     MsgCommon,
@@ -81,8 +82,11 @@ class VmcChannelClient(ChannelClient):
         self._hot = not migration_target
         self.migrated = trio.Event()  # MIGRATE_DATA sent (source) or restored (target)
         self.migrated_bytes = 0  # the pending write bytes it carried
+        # a source device holds at most its budget plus one message (get_write_buffer):
+        # all of it may come in MIGRATE_DATA, whatever max_message says
+        self.max_migrated = channel.device.byte_budget + self.decoder.max_size
         if migration_target:
-            self.conn.expect_migrate_data()
+            self.conn.expect_migrate_data(SVMD_HEADER_SIZE + self.max_migrated)
 
     def push_device_data(self, data: DeviceData) -> int | None:
         """Queue device bytes as DATA or COMPRESSED_DATA (the LZ4 rules); return None,
@@ -146,10 +150,10 @@ class VmcChannelClient(ChannelClient):
         log.info("%s: MIGRATE_DATA sent with %d pending bytes", self.name, len(pending))
 
     async def on_migrate_data(self, body: Body) -> None:
-        """A target: check the source's SVMD (bounded by the device's byte budget
-        before anything is copied) and queue its bytes ahead of the client's next."""
+        """A target: check the source's SVMD (`max_migrated` bounds it before anything
+        is copied) and queue its bytes ahead of the client's next."""
         device = self.channel.device
-        mig = check_vmc_migrate_data(body, device.byte_budget)
+        mig = check_vmc_migrate_data(body, self.max_migrated)
         device.restore_pending_writes(mig.pending)
         self.migrated_bytes = len(mig.pending)
         self._hot = True
