@@ -348,3 +348,24 @@ async def test_source_to_target_in_memory_every_byte_once_in_order(
     assert t.stats.written == t.stats.migrated_in + t.stats.in_data
     assert s.stats.dropped == t.stats.dropped == 0
     assert src.channel.bytes_dropped == tgt.channel.bytes_dropped == 0
+
+
+async def test_migrate_client_needs_an_attached_client_and_runs_once(
+    memory_channel: MemoryChannel, autojump_clock: trio.testing.MockClock
+) -> None:
+    s = Side(memory_channel, GateBackend())
+    assert s.channel.migrate_client() is None  # nobody attached: nothing to move
+    async with trio.open_nursery() as nursery:
+        await s.start(nursery)
+        assert s.channel.migrate_client() is s.client
+        with pytest.raises(RuntimeError, match="MIGRATE now"):
+            s.channel.migrate_client()
+        (mig,) = await s.peer.receive()
+        assert mig.type == MsgCommon.MIGRATE
+        await s.peer.send(MsgcCommon.MIGRATE_FLUSH_MARK)
+        (data,) = await s.peer.receive()
+        assert check_vmc_migrate_data(data.body, 0).pending == b""
+        with pytest.raises(RuntimeError):
+            s.channel.migrate_client()  # a connection migrates once
+        nursery.cancel_scope.cancel()
+    assert s.error is None and s.client.migrated_bytes == 0
