@@ -188,7 +188,7 @@ class ChannelClient:
 
     def send_large(self, mtype: int, body: Body) -> None:
         """`send` without the `max_queued` bound, for a message whose size its maker
-        bounds (MIGRATE_DATA: the device's byte budget, which may exceed it)."""
+        bounds (MIGRATE_DATA: a device's byte budget plus one message, above it)."""
         header = self._header(mtype, len(body))
         self.sender.push((header, body) if body else (header,), len(header) + len(body))
 
