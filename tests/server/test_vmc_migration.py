@@ -10,6 +10,8 @@ from collections.abc import Callable
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from trivmc.backends import EchoBackend
 from trivmc.chardev import ChrEvent, SpiceChardev
@@ -23,10 +25,11 @@ from trivmc.protocol import (
     ProtocolError,
     VmcMigrateDataHeader,
     check_vmc_migrate_data,
+    compress_body,
 )
 from trivmc.server import ChannelOptions, VmcChannel, VmcChannelClient
 
-from .conftest import MemoryChannel
+from .conftest import MemoryChannel, Peer
 
 
 class GateBackend:
@@ -369,3 +372,73 @@ async def test_migrate_client_needs_an_attached_client_and_runs_once(
             s.channel.migrate_client()  # a connection migrates once
         nursery.cancel_scope.cancel()
     assert s.error is None and s.client.migrated_bytes == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.lists(st.tuples(st.binary(min_size=1, max_size=300), st.booleans()), max_size=8),
+    after=st.lists(st.binary(min_size=1, max_size=300), max_size=4),
+    src_room=st.integers(0, 1500),
+    tgt_room=st.integers(0, 1500),
+    early_after_migrate=st.integers(0, 3),
+)
+def test_any_move_delivers_every_byte_once_in_order(
+    before: list[tuple[bytes, bool]],
+    after: list[bytes],
+    src_room: int,
+    tgt_room: int,
+    early_after_migrate: int,
+) -> None:
+    """DATA and COMPRESSED_DATA to a source whose backend takes `src_room` bytes, some
+    of it sent after MIGRATE went out (before the client saw it), the SVMD forwarded,
+    DATA to a target that stalls at `tgt_room`: the backends get it all, once, in order."""
+
+    async def main() -> None:
+        def memory_channel() -> tuple[trio.abc.Stream, Peer]:
+            server_end, peer_end = trio.testing.memory_stream_pair()
+            return server_end, Peer(peer_end)
+
+        src_backend, tgt_backend = GateBackend(src_room), GateBackend(tgt_room)
+        src = Side(memory_channel, src_backend)
+        tgt = Side(memory_channel, tgt_backend, target=True)
+        sent = b""
+        async with trio.open_nursery() as nursery:
+            await src.start(nursery)
+            await tgt.start(nursery)
+            held = before[len(before) - early_after_migrate :] if early_after_migrate else []
+            for i, (chunk, compress) in enumerate(before):
+                if i == len(before) - len(held):
+                    await trio.testing.wait_all_tasks_blocked()
+                    src.channel.migrate_client()
+                body = compress_body(chunk) if compress else None
+                if body is None:
+                    await src.peer.send(MsgcVmc.DATA, chunk)
+                else:
+                    await src.peer.send(MsgcVmc.COMPRESSED_DATA, body)
+                sent += chunk
+            if not held:
+                await trio.testing.wait_all_tasks_blocked()
+                src.channel.migrate_client()
+            (mig,) = await src.peer.receive()
+            assert mig.type == MsgCommon.MIGRATE
+            await src.peer.send(MsgcCommon.MIGRATE_FLUSH_MARK)
+            (data,) = await src.peer.receive()
+            await tgt.peer.send(MsgcCommon.MIGRATE_DATA, data.body)
+            for chunk in after:
+                await tgt.peer.send(MsgcVmc.DATA, chunk)
+                sent += chunk
+            await tgt.client.migrated.wait()
+            await trio.testing.wait_all_tasks_blocked()
+            tgt_backend.open()
+            await until(lambda: len(src_backend.data) + len(tgt_backend.data) == len(sent))
+            await src.peer.stream.aclose()
+            await tgt.peer.stream.aclose()
+            await src.done.wait()
+            await tgt.done.wait()
+            nursery.cancel_scope.cancel()
+        assert src.error is None and tgt.error is None
+        assert bytes(src_backend.data + tgt_backend.data) == sent
+        assert src.channel.device.stats.migrated_out == tgt.channel.device.stats.migrated_in
+        assert src.channel.device.stats.dropped == tgt.channel.device.stats.dropped == 0
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
