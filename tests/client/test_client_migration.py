@@ -22,6 +22,7 @@ from trivmc.protocol import (
     MainMigrateBeginSeamless,
     MainMigrateDstDoSeamless,
     MainMigrateSwitchHost,
+    Migrate,
     MigrationDstInfo,
     MsgcCommon,
     MsgcMain,
@@ -29,7 +30,6 @@ from trivmc.protocol import (
     MsgMain,
 )
 from trivmc.protocol.constants import MainCap
-from trivmc.protocol.messages_migrate import Migrate
 
 from .fake_spice import FakeSpice, Linked
 

@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from .._trio_util import AsyncBool
+from .._trio_util import AsyncBool, Level
 from .buffer import WriteBuffer
 from .interface import DeviceClient, DeviceInstance
 from .stats import DeviceStats
@@ -94,13 +94,13 @@ class CharDevice:
         # `_room` (under the budget) and `_queue_empty` change only when they flip
         self._buffered = 0
         self._room = AsyncBool(True)
-        self._running = AsyncBool(True)
+        self._running = Level(True)  # read per message: a plain attribute (Level)
         # after a partial write the writer waits for `_stalled` False (a wakeup) or the
         # timer; a write sets it only when partial with no wakeup during it (`_woken`,
         # plain: `wakeup_writable()` comes per message), so no wakeup is lost
         self._stalled = AsyncBool(False)
         self._woken = False
-        self._readable = AsyncBool(False)  # the reader task must read on
+        self._readable = Level(False)  # the reader task must read on (per wakeup: Level)
         self._reading = False  # a read is running (synchronous: only re-entry sees it)
         self._client: DeviceClient | None = None
         self._reader_wait: trio.CancelScope | None = None  # the reader's wait for a client
@@ -262,7 +262,7 @@ class CharDevice:
             if not queue:
                 await self._queue_empty.wait_value(False)
             elif not self._running.value:
-                await self._running.wait_value(True)
+                await self._running.wait(True)
             elif self._stalled.value:
                 with trio.move_on_after(self.retry_interval):
                     await self._stalled.wait_value(False)
@@ -293,7 +293,7 @@ class CharDevice:
         if client is None or not self._running.value:
             return
         if self._reading or self._read(client, math.inf) is _FULL:
-            self._readable.value = True
+            self._readable.set(True)
 
     def _read(self, client: DeviceClient, limit: float) -> _Stop:
         """Read for `client` and push each chunk to it, until one of `_Stop`; `limit`:
@@ -321,8 +321,8 @@ class CharDevice:
         """Reads on where `wakeup()` could not: after a full client queue or a wakeup
         from inside a read; a scheduling point every READ_BATCH bytes."""
         while True:
-            await self._readable.wait_value(True)
-            self._readable.value = False  # a wakeup from now on is seen by the next wait
+            await self._readable.wait(True)
+            self._readable.set(False)  # a wakeup from now on is seen by the next wait
             client = self._client
             if client is None:
                 continue
@@ -361,12 +361,12 @@ class CharDevice:
 
     def start(self) -> None:
         """Let the writer and reader run (the default)."""
-        self._running.value = True
+        self._running.set(True)
         self.wakeup()
 
     def stop(self) -> None:
         """Pause writing and reading; queued buffers are kept."""
-        self._running.value = False
+        self._running.set(False)
 
     async def wait_queue_empty(self) -> None:
         """Return once every buffer accepted so far was written (or dropped)."""

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._trio_util import AsyncBool
+from .._trio_util import AsyncBool, Level
 from .interface import CharBackend, ChrEvent, DeviceData, DeviceSubtype, DeviceWakeups, Direction
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class SpiceChardev:
         self._connected = AsyncBool(False)  # a client is attached (QEMU's be_open)
         self._pending: deque[DeviceData] = deque()
         self._pending_size = 0  # plain: chr_write() and read() change it per message
-        self._full = AsyncBool(False)  # chr_write() refused: send() waits for a drain
+        self._full = Level(False)  # chr_write() refused: send() waits (per chunk: Level)
 
     def attach(self, device: DeviceWakeups) -> None:
         """The device this frontend is the instance of (its constructor calls this):
@@ -153,8 +153,8 @@ class SpiceChardev:
                 size += len(chunk)
             out = b"".join(parts)
         self._pending_size -= len(out)
-        if not pending and self._full.value:
-            self._full.value = False
+        if not pending:
+            self._full.set(False)
         self._wakeup_writable()  # room freed: a backend that echoes may take client data
         return out
 
@@ -176,7 +176,7 @@ class SpiceChardev:
             # QEMU drops guest output while no client is connected
             self._pending.clear()
             self._pending_size = 0
-            self._full.value = False
+            self._full.set(False)
         self._backend_event(ChrEvent.OPENED if connected else ChrEvent.CLOSED)
 
     def _backend_event(self, event: ChrEvent) -> None:
@@ -198,7 +198,7 @@ class SpiceChardev:
             log.debug("no client: discarding %d bytes", len(data))
             return len(data)
         if self._pending_size >= PENDING_LIMIT:
-            self._full.value = True
+            self._full.set(True)
             return 0
         if self.recorder is not None:
             self.recorder.data(_TO_CLIENT, data)
@@ -215,7 +215,7 @@ class SpiceChardev:
             n = self.chr_write(view)
             view = view[n:]
             if len(view):
-                await self._full.wait_value(False)
+                await self._full.wait(False)
 
     async def wait_connected(self, connected: bool = True) -> None:
         """Return once a client is attached (or, with `connected=False`, detached)."""

@@ -12,8 +12,10 @@ class DeviceStats:
     The first six are spice-server's spicevmc counters, with its meanings (spicevmc.cpp,
     docs/chardev.md): a client's message counts once the device accepted it
     (`accepted`, called by the CharDevice), a device read once it is queued for the
-    client (`pushed`). The last three are the device's own: bytes through the
-    instance, and dropped ones.
+    client (`pushed`). The others are the device's own: bytes through the instance,
+    dropped ones, and those a migration moved out of or into the write queue
+    (chardev/migration.py). Every client byte accepted ends in exactly one of written,
+    dropped, migrated_out, or is still queued.
     """
 
     in_data: int = 0  # payload of DATA messages from clients
@@ -25,6 +27,8 @@ class DeviceStats:
     written: int = 0  # bytes written into the device instance
     read: int = 0  # bytes read from the device instance (for a client)
     dropped: int = 0  # client bytes never written: by reset() (a session boundary) or a stop
+    migrated_out: int = 0  # client bytes handed to a migration target instead (a source)
+    migrated_in: int = 0  # bytes a migration source handed over, queued here (a target)
 
     def accepted(self, size: int, compressed_size: int | None) -> None:
         """The device accepted a client's message: a DATA payload of `size` bytes, or,

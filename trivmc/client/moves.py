@@ -19,6 +19,8 @@ from ..protocol import (
     MainMigrateBeginSeamless,
     MainMigrateSwitchHost,
     Message,
+    Migrate,
+    MigrateFlags,
     MigrationDstInfo,
     MsgcCommon,
     MsgcMain,
@@ -28,7 +30,6 @@ from ..protocol import (
     VmcCap,
     has_cap,
 )
-from ..protocol.messages_migrate import Migrate
 from .address import Address
 from .connection import MessageConnection, link_channel
 from .errors import SpiceLinkError
@@ -206,10 +207,10 @@ async def _main_migrate(s: MovingSession, source: MessageConnection, mig: Migrat
     """MIGRATE on the main channel (seamless): flush mark, the source's MIGRATE_DATA,
     which goes to the destination's main, now the session's."""
     target = s._target
-    if mig.need_flush:
+    if mig.flags & MigrateFlags.NEED_FLUSH:
         await source.send(MsgcCommon.MIGRATE_FLUSH_MARK)
     data: Message | None = None
-    if mig.need_data:
+    if mig.flags & MigrateFlags.NEED_DATA_TRANSFER:
         data = await source.receive()
         if data is None or data.type != MsgCommon.MIGRATE_DATA:
             raise ProtocolError("main: MIGRATE not followed by MIGRATE_DATA")

@@ -11,6 +11,8 @@ import trio
 from .._streams import ConflictDetector, check_max_bytes
 from ..protocol import (
     Message,
+    Migrate,
+    MigrateFlags,
     MsgcCommon,
     MsgCommon,
     MsgcVmc,
@@ -23,7 +25,6 @@ from ..protocol import (
     vmc_payload,
 )
 from ..protocol.message_base import Body
-from ..protocol.messages_migrate import Migrate
 from .connection import MessageConnection
 
 log = logging.getLogger(__name__)
@@ -221,11 +222,11 @@ class ChannelStream(trio.abc.HalfCloseableStream):
         MIGRATE_DATA, then the destination connection with that data first."""
         target = self.migration_target
         source = self.conn
-        if mig.need_flush:
+        if mig.flags & MigrateFlags.NEED_FLUSH:
             await self.hold_sends()
             await source.send(MsgcCommon.MIGRATE_FLUSH_MARK)
         data: Message | None = None
-        if mig.need_data:
+        if mig.flags & MigrateFlags.NEED_DATA_TRANSFER:
             data = await source.receive()
             if data is None or data.type != MsgCommon.MIGRATE_DATA:
                 raise ProtocolError(f"channel {self._ids}: MIGRATE not followed by MIGRATE_DATA")

@@ -8,8 +8,12 @@ What it wants sent (SET_ACK, PING, PONG, ACK, ACK_SYNC) waits, framed, for
 - The server side (`Role.SERVER`) owns the ACK window (SET_ACK first, then at most
   twice the window of messages unacknowledged: `may_send` / `message_sent`), and PINGs
   with their PONGs (`ping`, `pings_unanswered`, `min_rtt`). Client messages above
-  DISCONNECTING belong to the channel; migration messages without a migration and
-  unknown common ones are protocol errors, as spice-server treats them.
+  DISCONNECTING belong to the channel; unknown common ones are protocol errors, as
+  spice-server treats them. Migration (`MigrationState`): after `migrate()` with
+  NEED_FLUSH one MIGRATE_FLUSH_MARK is valid (`MigrateFlushMark`), and from then on
+  the client sends none of the channel's messages; after `expect_migrate_data()` (a
+  migration target) MIGRATE_DATA is valid (`MigrateDataReceived`) and must come before
+  any of the channel's messages. Otherwise both are protocol errors.
 - The client side (`Role.CLIENT`) answers PING with PONG and SET_ACK with ACK_SYNC, and
   sends an ACK after every `window` messages, as spice-gtk does. Server messages above
   BASE_LAST belong to the channel; the other common ones are taken here.
@@ -23,10 +27,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .constants import MsgcCommon, MsgCommon
+from .constants import MigrateFlags, MsgcCommon, MsgCommon
 from .errors import ProtocolError
 from .framing import Message, MessageDecoder, MessageEncoder
-from .messages import AckSync, Ping, Pong, SetAck
+from .message_base import Body
+from .messages import AckSync, Migrate, Ping, Pong, SetAck
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,15 @@ FIRST_CHANNEL_MESSAGE = 101  # SPICE_MSG_BASE_LAST / SPICE_MSGC_BASE_LAST + 1
 class Role(enum.Enum):
     SERVER = "server"
     CLIENT = "client"
+
+
+class MigrationState(enum.Enum):
+    """Where a server-side channel connection is in a migration."""
+
+    NONE = "no migration: MIGRATE_FLUSH_MARK and MIGRATE_DATA are protocol errors"
+    FLUSH_AWAITED = "MIGRATE with NEED_FLUSH sent: the client's flush mark is awaited"
+    FLUSHED = "the flush mark came: the client sends no channel message any more"
+    DATA_AWAITED = "a migration target: MIGRATE_DATA must come first"
 
 
 class UnknownMessage(ProtocolError):
@@ -53,10 +67,23 @@ class PeerDisconnecting:
     """The peer said it is disconnecting (it closes the connection next)."""
 
 
-ChannelEvent = WindowOpened | PeerDisconnecting
+@dataclass(frozen=True)
+class MigrateFlushMark:
+    """The client's MIGRATE_FLUSH_MARK: everything it sent before is in."""
+
+
+@dataclass(frozen=True)
+class MigrateDataReceived:
+    """A migration target's MIGRATE_DATA: `body` is the source's migration data."""
+
+    body: Body
+
+
+ChannelEvent = WindowOpened | PeerDisconnecting | MigrateFlushMark | MigrateDataReceived
 
 WINDOW_OPENED = WindowOpened()
 PEER_DISCONNECTING = PeerDisconnecting()
+MIGRATE_FLUSH_MARK = MigrateFlushMark()
 
 
 class ChannelConnection:
@@ -99,6 +126,7 @@ class ChannelConnection:
         self._ping_sent: dict[int, int] = {}
         self.pings_unanswered = 0
         self.min_rtt: float | None = None
+        self.migration = MigrationState.NONE
 
     # ---- out -------------------------------------------------------------------
 
@@ -144,6 +172,26 @@ class ChannelConnection:
         self.pings_unanswered += 1
         self._queue(MsgCommon.PING, Ping(self._ping_id, ts).encode())
 
+    def migrate(self, flags: int) -> None:
+        """Queue MIGRATE(`flags`) (server side); with NEED_FLUSH the client's flush
+        mark is awaited from now on. RuntimeError when a migration is under way."""
+        if self.role is not Role.SERVER or self.migration is not MigrationState.NONE:
+            raise RuntimeError(f"{self.name}: MIGRATE now ({self.migration.name})")
+        self._queue(MsgCommon.MIGRATE, Migrate(flags).encode())
+        if flags & MigrateFlags.NEED_FLUSH:
+            self.migration = MigrationState.FLUSH_AWAITED
+
+    def expect_migrate_data(self, max_size: int | None = None) -> None:
+        """This connection is a migration target (server side): MIGRATE_DATA must come
+        before any of the channel's messages; with `max_size`, its bound until it came
+        (the others keep `max_message`). Call it before the first `handle`."""
+        if self.role is not Role.SERVER or self.migration is not MigrationState.NONE:
+            raise RuntimeError(f"{self.name}: cannot await MIGRATE_DATA now")
+        self.migration = MigrationState.DATA_AWAITED
+        if max_size is not None:
+            other = self.decoder.max_size
+            self.decoder.size_limit = lambda t: max_size if t == MsgcCommon.MIGRATE_DATA else other
+
     # ---- in --------------------------------------------------------------------
 
     def handle(self, msg: Message) -> Message | ChannelEvent | None:
@@ -157,7 +205,14 @@ class ChannelConnection:
     def _server_handle(self, msg: Message) -> Message | ChannelEvent | None:
         mtype = msg.type
         if mtype > MsgcCommon.DISCONNECTING:
-            return msg
+            state = self.migration
+            if state is MigrationState.NONE or state is MigrationState.FLUSH_AWAITED:
+                return msg
+            if state is MigrationState.FLUSHED:
+                raise ProtocolError(f"{self.name}: channel message {mtype} after the flush mark")
+            raise ProtocolError(
+                f"{self.name}: channel message {mtype} before MIGRATE_DATA (a migration target)"
+            )
         if mtype == MsgcCommon.PONG:
             self._on_pong(Pong.decode(msg.body))
         elif mtype == MsgcCommon.ACK_SYNC:
@@ -168,11 +223,25 @@ class ChannelConnection:
                 return WINDOW_OPENED
         elif mtype == MsgcCommon.DISCONNECTING:
             return PEER_DISCONNECTING
-        elif mtype in (MsgcCommon.MIGRATE_FLUSH_MARK, MsgcCommon.MIGRATE_DATA):
-            raise ProtocolError(f"{self.name}: migration message {mtype} without migration")
+        elif mtype == MsgcCommon.MIGRATE_FLUSH_MARK:
+            if self.migration is not MigrationState.FLUSH_AWAITED:
+                raise self._unexpected("MIGRATE_FLUSH_MARK")
+            self.migration = MigrationState.FLUSHED
+            return MIGRATE_FLUSH_MARK
+        elif mtype == MsgcCommon.MIGRATE_DATA:
+            if self.migration is not MigrationState.DATA_AWAITED:
+                raise self._unexpected("MIGRATE_DATA")
+            self.migration = MigrationState.NONE
+            self.decoder.size_limit = None
+            return MigrateDataReceived(msg.body)
         else:
             raise UnknownMessage(f"{self.name}: unknown message type {mtype}")
         return None
+
+    def _unexpected(self, what: str) -> ProtocolError:
+        if self.migration is MigrationState.NONE:
+            return ProtocolError(f"{self.name}: migration message {what} without migration")
+        return ProtocolError(f"{self.name}: {what} unexpected: {self.migration.value}")
 
     def _on_pong(self, pong: Pong) -> None:
         sent = self._ping_sent.get(pong.id)

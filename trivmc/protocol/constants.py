@@ -4,7 +4,7 @@ capabilities, link errors, port events, compression types."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 
 MAGIC = b"REDQ"
 VERSION_MAJOR = 2
@@ -92,6 +92,14 @@ class MsgcCommon(IntEnum):
     MIGRATE_FLUSH_MARK = 4
     MIGRATE_DATA = 5
     DISCONNECTING = 6
+
+
+class MigrateFlags(IntFlag):
+    """SPICE_MSG_MIGRATE's flags: the client must answer MIGRATE_FLUSH_MARK
+    (NEED_FLUSH); the server sends MIGRATE_DATA (NEED_DATA_TRANSFER). VMC channels: both."""
+
+    NEED_FLUSH = 1
+    NEED_DATA_TRANSFER = 2
 
 
 class MsgMain(IntEnum):

@@ -47,6 +47,9 @@ class MessageDecoder:
     - a body lying wholly inside one chunk is a memoryview of that chunk, and a body
       assembled from several chunks is handed over without a final copy;
     - `feed` raises only `ProtocolError` subclasses.
+
+    `size_limit` may be replaced between two `feed` calls (a migration target raises
+    MIGRATE_DATA's bound until it came).
     """
 
     def __init__(
@@ -57,7 +60,7 @@ class MessageDecoder:
     ) -> None:
         self.mini_header = mini_header
         self.max_size = max_size
-        self._size_limit = size_limit
+        self.size_limit = size_limit
         self._hsize = MINI_HEADER_SIZE if mini_header else FULL_HEADER_SIZE
         self._buf = bytearray()  # a partial header (_type < 0) or a partial body
         self._type = -1  # type of the message whose body is being assembled
@@ -86,7 +89,7 @@ class MessageDecoder:
             mtype, size = MINI_HEADER.unpack_from(data, off)
         else:
             _serial, mtype, size, _sub = FULL_HEADER.unpack_from(data, off)
-        limit = self.max_size if self._size_limit is None else self._size_limit(mtype)
+        limit = self.max_size if self.size_limit is None else self.size_limit(mtype)
         if size > limit:
             self._error = MessageTooLarge(
                 f"message type {mtype} declares {size} bytes, bound {limit}"

@@ -14,6 +14,7 @@ from .messages_common import (
     Ack,
     AckSync,
     Disconnecting,
+    Migrate,
     Notify,
     Ping,
     Pong,
@@ -32,15 +33,18 @@ from .messages_main import (
     name_and_uuid,
 )
 from .messages_vmc import (
+    SVMD_HEADER_SIZE,
     VMC_MIGRATE_MAGIC,
     PortEventMsg,
     PortInit,
     VmcCompressedData,
     VmcData,
     VmcMigrateDataHeader,
+    check_vmc_migrate_data,
 )
 
 __all__ = [
+    "SVMD_HEADER_SIZE",
     "VMC_MIGRATE_MAGIC",
     "Ack",
     "AckSync",
@@ -54,6 +58,7 @@ __all__ = [
     "MainMouseModeRequest",
     "MainName",
     "MainUuid",
+    "Migrate",
     "Notify",
     "Ping",
     "Pong",
@@ -65,6 +70,7 @@ __all__ = [
     "VmcMigrateDataHeader",
     "WaitForChannel",
     "WaitForChannels",
+    "check_vmc_migrate_data",
     "name_and_uuid",
     "unpack_fixed",
 ]

@@ -1,5 +1,5 @@
-"""Codecs of the messages every channel has (spice's common.proto): SET_ACK, PING,
-PONG, ACK_SYNC, ACK, NOTIFY, DISCONNECTING, WAIT_FOR_CHANNELS."""
+"""Codecs of the messages every channel has (spice's common.proto): MIGRATE, SET_ACK,
+PING, PONG, ACK_SYNC, ACK, NOTIFY, DISCONNECTING, WAIT_FOR_CHANNELS."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from typing import ClassVar, Self
 from .constants import MsgcCommon, MsgCommon
 from .errors import TruncatedMessage
 from .message_base import Body, FixedLayout, unpack_fixed
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate(FixedLayout):
+    """SPICE_MSG_MIGRATE: u32 flags (`MigrateFlags`)."""
+
+    TYPE: ClassVar[int] = MsgCommon.MIGRATE
+    _S: ClassVar[struct.Struct] = struct.Struct("<I")
+    flags: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """Codecs of the spicevmc channel's messages: DATA, COMPRESSED_DATA, PORT_INIT,
-PORT_EVENT and the MIGRATE_DATA body header."""
+PORT_EVENT and the MIGRATE_DATA body (SVMD), with the migration target's checks."""
 
 from __future__ import annotations
 
@@ -137,3 +137,48 @@ class VmcMigrateDataHeader:
         return cls(
             bool(conn), ctok, stok, wsize, wtok, wptr, ver, cver, bytes(body[wptr : wptr + wsize])
         )
+
+
+SVMD_HEADER_SIZE = VmcMigrateDataHeader._S.size  # 33: the pending data follows
+
+
+def check_vmc_migrate_data(body: Body, max_write: int) -> VmcMigrateDataHeader:
+    """A migration target's decode of a spicevmc MIGRATE_DATA body: every field checked
+    before the pending data is copied. Raises `ProtocolError` (`TruncatedMessage` for a
+    short body) naming what is wrong: the magic, a version above 1 (SVMD or char
+    device), `connected` not 1, `write_size` above `max_write` (what a source's device
+    may hold: its byte budget plus one message), a data offset inside the header, or
+    an offset and size that do not end exactly where the body ends. The token counts
+    are taken as they come (VMC clients have no flow control: nothing on the target
+    depends on them)."""
+    if len(body) < SVMD_HEADER_SIZE:
+        raise TruncatedMessage(
+            f"MIGRATE_DATA: {len(body)} bytes, the SVMD header alone is {SVMD_HEADER_SIZE}"
+        )
+    magic, ver, cver, conn, ctok, stok, wsize, wtok, wptr = VmcMigrateDataHeader._S.unpack_from(
+        body
+    )
+    if magic != VMC_MIGRATE_MAGIC:
+        raise ProtocolError(f"MIGRATE_DATA: bad magic {bytes(magic)!r}, expected b'SVMD'")
+    if ver > 1:
+        raise ProtocolError(f"MIGRATE_DATA: SVMD version {ver} above 1")
+    if cver > 1:
+        raise ProtocolError(f"MIGRATE_DATA: char-device version {cver} above 1")
+    if conn != 1:
+        raise ProtocolError(f"MIGRATE_DATA: connected is {conn}, expected 1")
+    if wsize > max_write:
+        raise ProtocolError(
+            f"MIGRATE_DATA: write_size {wsize} above the bound {max_write} (what a"
+            " source's device may hold: its byte budget plus one message)"
+        )
+    if wptr < SVMD_HEADER_SIZE:
+        raise ProtocolError(
+            f"MIGRATE_DATA: write_data_ptr {wptr} points inside the {SVMD_HEADER_SIZE}-byte header"
+        )
+    if wptr + wsize != len(body):
+        raise ProtocolError(
+            f"MIGRATE_DATA: write_data_ptr {wptr} + write_size {wsize} does not end the"
+            f" {len(body)}-byte body"
+        )
+    pending = bytes(body[wptr:])
+    return VmcMigrateDataHeader(True, ctok, stok, wsize, wtok, wptr, ver, cver, pending)

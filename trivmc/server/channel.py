@@ -23,6 +23,7 @@ from .._groups import single_leaf
 from ..protocol import Message, ProtocolError
 from ..protocol.channel import (
     ChannelConnection,
+    MigrateFlushMark,
     PeerDisconnecting,
     Role,
     UnknownMessage,
@@ -185,6 +186,18 @@ class ChannelClient:
         header = self._header(mtype, size)
         sender.push((header, body) if size else (header,), len(header) + size)
 
+    def send_large(self, mtype: int, body: Body) -> None:
+        """`send` without the `max_queued` bound, for a message whose size its maker
+        bounds (MIGRATE_DATA: a device's byte budget plus one message, above it)."""
+        header = self._header(mtype, len(body))
+        self.sender.push((header, body) if body else (header,), len(header) + len(body))
+
+    def migrate(self, flags: int) -> None:
+        """Send MIGRATE(`flags`) (a migration source); with NEED_FLUSH the client's
+        flush mark then reaches `on_migrate_flush_mark`. RuntimeError during one."""
+        self.conn.migrate(flags)
+        self._flush_connection()
+
     def _flush_connection(self) -> None:
         """Send what the protocol connection decided to send (SET_ACK, PING)."""
         data = self.conn.data_to_send()
@@ -238,6 +251,18 @@ class ChannelClient:
             self._acked.set()
         elif isinstance(event, PeerDisconnecting):
             log.debug("%s: client says it is disconnecting", self.name)
+        elif isinstance(event, MigrateFlushMark):
+            await self.on_migrate_flush_mark()
+        else:
+            await self.on_migrate_data(event.body)
+
+    async def on_migrate_flush_mark(self) -> None:
+        """Hook: the client's flush mark after `migrate()`: everything it sent before
+        was handled (the reader handles messages in order)."""
+
+    async def on_migrate_data(self, body: Body) -> None:
+        """Hook: a migration target's MIGRATE_DATA (after `conn.expect_migrate_data()`);
+        raise ProtocolError when it is bad."""
 
     async def _reader(self, initial: bytes) -> None:
         feed = self.decoder.feed

@@ -94,7 +94,7 @@ class ChannelRunner:
         linked: LinkedConnection,
         conn: ConnInfo,
     ) -> None:
-        session = self.sessions.create()
+        session = self.sessions.create(linked.mess.connection_id)
         self._initialized(conn, session.connection_id, linked.mess)
         offered = self.policy.offered_to(conn)
         client = MainChannelClient(
@@ -130,10 +130,18 @@ class ChannelRunner:
         session: ServerSession,
     ) -> None:
         lz4 = self.policy.client_lz4(linked.mess, conn)
-        client = VmcChannelClient(stream, opts, channel=channel, peer_lz4=lz4)
+        target = session.takes_migration_data(channel.key)
+        client = VmcChannelClient(
+            stream, opts, channel=channel, peer_lz4=lz4, migration_target=target
+        )
         client.connection_id = session.connection_id
         self._initialized(conn, session.connection_id, linked.mess)
-        log.info("%s: linked (client lz4: %s)", conn.peer, "yes" if lz4 else "no")
+        log.info(
+            "%s: linked (client lz4: %s)%s",
+            conn.peer,
+            "yes" if lz4 else "no",
+            " as a migration target" if target else "",
+        )
         with trio.CancelScope() as scope:
             session.join(scope)
             try:

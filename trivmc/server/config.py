@@ -37,7 +37,7 @@ class ServerConfig:
     `tcp_keepalive` idle seconds (None: off), and with `ping_interval` a client that
     answers none of `ping_misses` PINGs in a row is disconnected. Freed heap memory is
     given back to the system every `heap_trim_interval` seconds, and glibc's mmap
-    threshold is fixed at 256 KiB for the process (`heap.py` says why; None: neither).
+    threshold is fixed at 2 MiB for the process (`heap.py` says why; None: neither).
 
     `name` and `uuid` (the guest's, as QEMU's -name and -uuid) go to every client whose
     main channel has the NAME_AND_UUID capability, right after MAIN_INIT (MAIN_NAME,

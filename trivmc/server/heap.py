@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 256 * 1024
+MMAP_THRESHOLD = 2 * 1024 * 1024
 
 
 def pin_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
@@ -38,8 +38,12 @@ def pin_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
     Why: glibc raises the threshold (up to 32 MiB) each time a mapped block is freed,
     after which large blocks (a 16 MiB message being assembled, say) come from the
     heap: growing one then copies it, and the freed space stays in RSS. Measured with
-    the hostile row "16 MiB DATA, never reading" (peak RSS growth of the server, five
-    runs each): 36-83 MiB with glibc's sliding threshold, 51-52 MiB with it fixed.
+    the hostile row "16 MiB DATA, never reading" (peak RSS growth of the server, runs
+    of the same build): 36-83 MiB with glibc's sliding threshold, 51-52 MiB pinned.
+    Why 2 MiB and not glibc's 128 KiB start: blocks below it are the per-message
+    traffic (a TLS batch joined for OpenSSL, a 1 MiB read when the shared receive
+    buffers are all held); mapping and faulting each of those in cost spice-gtk's TLS
+    echo a third of its speed (0.59 of spice-server pinned at 256 KiB, 1.18 at 2 MiB).
     Returns False where the C library has no mallopt (nothing is changed)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None)

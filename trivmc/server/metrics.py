@@ -138,6 +138,14 @@ class ServerCollector:
             "trivmc_device_dropped_bytes",
             "Client bytes the device dropped unwritten (session boundaries, stops).",
         )
+        migrated_out = counter(
+            "trivmc_device_migrated_out_bytes",
+            "Client bytes handed unwritten to a migration target (MIGRATE_DATA sent).",
+        )
+        migrated_in = counter(
+            "trivmc_device_migrated_in_bytes",
+            "Bytes a migration source handed over, queued for the device.",
+        )
         dropped = counter(
             "trivmc_vmc_dropped_bytes",
             "A departed client's bytes not delivered by the drain deadline, dropped at"
@@ -166,6 +174,8 @@ class ServerCollector:
             written.add_metric(labels, device.stats.written)
             read.add_metric(labels, device.stats.read)
             device_dropped.add_metric(labels, device.stats.dropped)
+            migrated_out.add_metric(labels, device.stats.migrated_out)
+            migrated_in.add_metric(labels, device.stats.migrated_in)
             dropped.add_metric(labels, ch.bytes_dropped)
             buffered.add_metric(labels, device.buffered_bytes)
             tokens.add_metric(labels, device.total_tokens - device.tokens_free)
@@ -176,7 +186,8 @@ class ServerCollector:
         yield from wire.values()
         yield queued
         yield from vmc.values()
-        yield from (written, read, device_dropped, dropped, buffered, tokens)
+        yield from (written, read, device_dropped, migrated_out, migrated_in)
+        yield from (dropped, buffered, tokens)
         yield from (clients, offered, served, busy)
 
 

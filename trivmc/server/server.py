@@ -150,6 +150,13 @@ class Server:
         self.sessions.remove(session)
         return True
 
+    def expect_migration(self, connection_id: int) -> None:
+        """Be a migration target for the client of session `connection_id` on its
+        source: the main link presenting that id keeps it, and the first link of each
+        VMC channel in that session takes the source's MIGRATE_DATA before any DATA
+        (docs/migration.md). ValueError unless a non-zero u32."""
+        self.sessions.expect(connection_id)
+
     # ---- counters ----------------------------------------------------------------
 
     @property

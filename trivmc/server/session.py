@@ -1,4 +1,6 @@
-"""Sessions: one per main-channel link, identified by a random non-zero connection id."""
+"""Sessions: one per main-channel link, identified by a random non-zero connection id,
+or, for a migration target, by the id the server was told to expect
+(`SessionTable.expect`; docs/migration.md)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ class ServerSession:
     Guarantee: once `close()` ran, `alive` is False and no channel may join it.
     """
 
-    def __init__(self, connection_id: int) -> None:
+    def __init__(self, connection_id: int, migration_target: bool = False) -> None:
         self.connection_id = connection_id
+        # a migration target: the first link of each VMC channel awaits MIGRATE_DATA
+        self.migration_target = migration_target
+        self._migrated_keys: set[tuple[int, int]] = set()
         self.scope = trio.CancelScope()
         self.alive = True
         self.channel_scopes: set[trio.CancelScope] = set()
@@ -34,6 +39,14 @@ class ServerSession:
 
     def leave(self, scope: trio.CancelScope) -> None:
         self.channel_scopes.discard(scope)
+
+    def takes_migration_data(self, key: tuple[int, int]) -> bool:
+        """True for the first link of channel `key` in a migration target session (it
+        carries the source's state); later links of it are ordinary ones."""
+        if not self.migration_target or key in self._migrated_keys:
+            return False
+        self._migrated_keys.add(key)
+        return True
 
     def close(self) -> None:
         """Close the session: its main channel and every channel that joined it."""
@@ -55,6 +68,7 @@ class SessionTable:
         self.multi_session = multi_session
         self._sessions: dict[int, ServerSession] = {}
         self.created = 0  # sessions created so far
+        self.expected: set[int] = set()  # migration targets' ids, until their main links
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -67,18 +81,31 @@ class SessionTable:
         s = self._sessions.get(connection_id)
         return s if s is not None and s.alive else None
 
-    def create(self) -> ServerSession:
-        """A new session with a fresh random non-zero u32 id (replacing others unless
-        multi-session)."""
+    def expect(self, connection_id: int) -> None:
+        """A main link presenting `connection_id` (a non-zero u32) is a migration
+        target: its session keeps that id (once: the link consumes it)."""
+        if not 0 < connection_id < 1 << 32:
+            raise ValueError(f"a connection id is a non-zero u32, not {connection_id}")
+        self.expected.add(connection_id)
+
+    def create(self, connection_id: int = 0) -> ServerSession:
+        """A new session (replacing others unless multi-session): a migration target
+        with `connection_id` when that was expected (`expect`), else with a fresh
+        random non-zero u32 id."""
         if not self.multi_session:
             for old in list(self._sessions.values()):
                 log.info("session %#010x replaced by a new main link", old.connection_id)
                 self.remove(old)
-        while True:
+        target = connection_id in self.expected and connection_id not in self._sessions
+        if target:
+            self.expected.discard(connection_id)
+            cid = connection_id
+            log.info("session %#010x: a migration target", cid)
+        while not target:
             cid = secrets.randbits(32)
-            if cid and cid not in self._sessions:
+            if cid and cid not in self._sessions and cid not in self.expected:
                 break
-        session = ServerSession(cid)
+        session = ServerSession(cid, migration_target=target)
         self._sessions[cid] = session
         self.created += 1
         return session

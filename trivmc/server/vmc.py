@@ -9,6 +9,13 @@ Between two clients lies a session boundary: the departed client's bytes get the
 deadline to reach its backend peer, the rest is dropped (counted, logged), and the next
 client is attached only after that, so no byte crosses from one session to another.
 
+Migration (docs/migration.md, "The server side"): on a source, `VmcChannel.migrate_client()`
+sends MIGRATE (flush and data transfer); at the client's flush mark every byte it sent is
+in the device's queue, and what the device has not written goes to the client as
+MIGRATE_DATA (SVMD), no longer the source's to write. A target client
+(`migration_target`) takes MIGRATE_DATA before any DATA and restores those bytes at the
+head of its device's queue.
+
 A usbredir channel follows its guest side, as spice-server + QEMU do: it is offered
 (`available`) only while the backend's far side is open; when that closes, the
 attached client's channel is closed; when it opens again, `on_available` tells the
@@ -25,16 +32,22 @@ import trio
 from .._trio_util import AsyncBool, AsyncValue, wait_any
 from ..backends import Backend
 from ..backends.stream import DEFAULT_DRAIN
-from ..chardev import CharDevice, DeviceSubtype, SpiceChardev
+from ..chardev import DeviceSubtype, SpiceChardev
 from ..chardev.device import BYTE_BUDGET
 from ..chardev.interface import DeviceData
+from ..chardev.migration import MigratableCharDevice
 from ..protocol import (
     COMPRESSED_HEAD_SIZE,
+    SVMD_HEADER_SIZE,
     ChannelType,
+    MigrateFlags,
+    MsgCommon,
     MsgcVmc,
     MsgVmc,
     PortEventMsg,
     PortInit,
+    VmcMigrateDataHeader,
+    check_vmc_migrate_data,
     decompress_body,
     vmc_payload,
 )
@@ -44,19 +57,36 @@ from .channel import ChannelClient, ChannelOptions, Traffic, UnknownMessage
 log = logging.getLogger(__name__)
 
 WEBDAV_PORT_NAME = "org.spice-space.webdav.0"
+NO_FLOW_CONTROL = 0xFFFFFFFF  # SVMD's token counts for a client without flow control (~0)
 
 
 class VmcChannelClient(ChannelClient):
     """The client of one VMC channel; implements the char device's DeviceClient."""
 
     def __init__(
-        self, stream: trio.abc.Stream, opts: ChannelOptions, *, channel: VmcChannel, peer_lz4: bool
+        self,
+        stream: trio.abc.Stream,
+        opts: ChannelOptions,
+        *,
+        channel: VmcChannel,
+        peer_lz4: bool,
+        migration_target: bool = False,
     ) -> None:
         super().__init__(stream, opts)
         self.channel = channel
         self.peer_lz4 = peer_lz4
         self.max_decompressed = self.decoder.max_size
         self.connection_id = 0  # its session's
+        # the hot path (`handle_now`) is off while the common rules must see every
+        # message: on a target until MIGRATE_DATA, on a source after the flush mark
+        self._hot = not migration_target
+        self.migrated = trio.Event()  # MIGRATE_DATA sent (source) or restored (target)
+        self.migrated_bytes = 0  # the pending write bytes it carried
+        # a source device holds at most its budget plus one message (get_write_buffer):
+        # all of it may come in MIGRATE_DATA, whatever max_message says
+        self.max_migrated = channel.device.byte_budget + self.decoder.max_size
+        if migration_target:
+            self.conn.expect_migrate_data(SVMD_HEADER_SIZE + self.max_migrated)
 
     def push_device_data(self, data: DeviceData) -> int | None:
         """Queue device bytes as DATA or COMPRESSED_DATA (the LZ4 rules); return None,
@@ -71,6 +101,8 @@ class VmcChannelClient(ChannelClient):
         """DATA (and COMPRESSED_DATA, decompressed only when the device takes it now)
         for an idle device is written at once, with no token round trip; anything else
         takes `handle_message`. The device counts what it takes (stats.py)."""
+        if not self._hot:
+            return False
         device = self.channel.device
         if mtype == MsgcVmc.DATA:
             return device.try_write(body)
@@ -95,6 +127,38 @@ class VmcChannelClient(ChannelClient):
             self.channel.chardev.event(PortEventMsg.decode(body).event)
         else:
             raise UnknownMessage(f"{self.name}: unknown message type {mtype}")
+
+    # ---- migration ---------------------------------------------------------------
+
+    def start_migration(self) -> None:
+        """A source: send MIGRATE (NEED_FLUSH | NEED_DATA_TRANSFER); MIGRATE_DATA
+        follows the client's flush mark (`migrated` is set then)."""
+        self.migrate(MigrateFlags.NEED_FLUSH | MigrateFlags.NEED_DATA_TRANSFER)
+        log.info("%s: migrating: MIGRATE sent", self.name)
+
+    async def on_migrate_flush_mark(self) -> None:
+        """Everything the client sent is in the device's queue: hand what the device
+        has not written to the client as MIGRATE_DATA; the device never writes it."""
+        self._hot = False  # the client sends nothing more: the common rules refuse it
+        pending = self.channel.device.take_pending_writes()
+        header = VmcMigrateDataHeader(
+            True, NO_FLOW_CONTROL, NO_FLOW_CONTROL, len(pending), 0, pending=pending
+        )
+        self.send_large(MsgCommon.MIGRATE_DATA, header.encode())
+        self.migrated_bytes = len(pending)
+        self.migrated.set()
+        log.info("%s: MIGRATE_DATA sent with %d pending bytes", self.name, len(pending))
+
+    async def on_migrate_data(self, body: Body) -> None:
+        """A target: check the source's SVMD (`max_migrated` bounds it before anything
+        is copied) and queue its bytes ahead of the client's next."""
+        device = self.channel.device
+        mig = check_vmc_migrate_data(body, self.max_migrated)
+        device.restore_pending_writes(mig.pending)
+        self.migrated_bytes = len(mig.pending)
+        self._hot = True
+        self.migrated.set()
+        log.info("%s: MIGRATE_DATA restored %d pending bytes", self.name, len(mig.pending))
 
 
 class VmcChannel:
@@ -141,7 +205,7 @@ class VmcChannel:
             on_port_event=self._on_port_event,
             on_fe_open=self._on_fe_open,
         )
-        self.device = CharDevice(self.chardev, byte_budget=byte_budget)
+        self.device = MigratableCharDevice(self.chardev, byte_budget=byte_budget)
 
     @property
     def client(self) -> VmcChannelClient | None:
@@ -253,6 +317,13 @@ class VmcChannel:
     async def wait_no_client(self) -> None:
         """Return once no client is linked to this channel."""
         await self._linked.wait_value(None)
+
+    def migrate_client(self) -> VmcChannelClient | None:
+        """Start migrating the attached client (`start_migration`); None without one."""
+        client = self._attached
+        if client is not None:
+            client.start_migration()
+        return client
 
     def disconnect_client(self) -> None:
         """Disconnect the current client, if any (its `run()` returns)."""

@@ -25,6 +25,7 @@ reused the fd number; `write_now` never blocks and never raises.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Sequence
 
 import trio
@@ -153,6 +154,29 @@ class TLSSocketIO(StreamIO):
     def __init__(self, stream: TLSSocketStream) -> None:
         super().__init__(stream)
         self.tls = stream
+
+    async def receive(self, size: int) -> bytes | memoryview:
+        """Records decrypted into one of the run's shared receive buffers (as
+        `PlainSocketIO.receive` reads into them); the buffer is taken only once
+        something is readable, so a waiting connection holds none."""
+        await trio.lowlevel.checkpoint()
+        while True:
+            buf = receive_buffers().get(size)
+            if buf is None:
+                return await self.tls.receive_some(size)
+            try:
+                with memoryview(buf) as whole, whole[:size] as target:
+                    n = self.tls.read_now(target)
+            except ssl.SSLWantWriteError:
+                writable = True
+            except ssl.SSLWantReadError:
+                writable = False
+            else:
+                return memoryview(buf)[:n] if n else b""
+            # outside the handler: the exception (and the views in its traceback) is
+            # gone, so nothing of the buffer is held while this connection waits
+            buf = None
+            await self.tls.wait_for(writable)
 
     def write_now(self, parts: Sequence[Body]) -> int:
         if self._forgotten:

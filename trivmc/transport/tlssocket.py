@@ -28,6 +28,7 @@ import trio
 from .._streams import ConflictDetector, check_max_bytes
 
 RECEIVE_DEFAULT = 64 * 1024
+TLS_RECORD = 16 * 1024  # the most one record holds, and one OpenSSL read gives
 DISCARD_LIMIT = 256 * 1024
 
 
@@ -103,7 +104,8 @@ class TLSSocketStream(trio.abc.Stream):
             while True:
                 self._check_open()
                 try:
-                    data = self._ssl.recv(size)
+                    # one record at most per call: Python allocates what is asked for
+                    data = self._ssl.recv(min(size, TLS_RECORD))
                     return self._more(data, size) if 0 < len(data) < size else data
                 except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as want:
                     await self._wait(want)
@@ -113,6 +115,41 @@ class TLSSocketStream(trio.abc.Stream):
                     self._check_open()  # closed by another task meanwhile
                     raise trio.BrokenResourceError(f"TLS read failed: {e}") from e
 
+    def read_now(self, view: memoryview) -> int:
+        """Decrypt into `view` the records readable now, up to its length, without
+        waiting; 0 at the end of the stream. Raises `ssl.SSLWantReadError` or
+        `ssl.SSLWantWriteError` when nothing is readable (`wait_for` it), and
+        `trio.BrokenResourceError` when the connection failed. For the channel's fast
+        path (plainsocket.TLSSocketIO), which reads into shared buffers."""
+        self._check_open()
+        got = 0
+        while got < len(view):
+            try:
+                n = self._ssl.recv_into(view[got:])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                if got:
+                    return got
+                raise
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return got
+            except OSError as e:
+                if got:
+                    return got  # the error comes again at the next read
+                self._check_open()
+                raise trio.BrokenResourceError(f"TLS read failed: {e}") from e
+            if n == 0:
+                return got
+            got += n
+        return got
+
+    async def wait_for(self, writable: bool) -> None:
+        """Wait for what `read_now` said OpenSSL wants: the socket writable
+        (SSLWantWriteError) or readable (SSLWantReadError)."""
+        if writable:
+            await trio.lowlevel.wait_writable(self._ssl)
+        else:
+            await trio.lowlevel.wait_readable(self._ssl)
+
     def _more(self, first: bytes, size: int) -> bytes:
         """`first` and the records already readable after it, up to `size` bytes: one
         OpenSSL read gives one record (16 KiB at most), so a large receive takes the
@@ -121,7 +158,7 @@ class TLSSocketStream(trio.abc.Stream):
         got = len(first)
         while got < size:
             try:
-                data = self._ssl.recv(size - got)
+                data = self._ssl.recv(min(size - got, TLS_RECORD))
             except OSError:  # nothing more now (WANT_READ), or an error or the end,
                 break  # which the next receive_some reports (these bytes are kept)
             if not data:
