@@ -75,4 +75,27 @@ class Level:
             await self._lot.park()
 
 
-__all__ = ["AsyncBool", "AsyncValue", "Level", "wait_any"]
+class Pulse:
+    """Wakes every task waiting at the moment of `fire()`; a fire with nobody waiting
+    is not kept (callers re-check their condition in a loop, as with RepeatedEvent's
+    `wait`). For per-message paths where `RepeatedEvent` costs too much.
+
+    Measured (device→client, `source:N`, a SIGPROF sampler in the server): with
+    RepeatedEvent for the sender's "queued bytes went down", its `set` and `wait`
+    (an AsyncValue underneath: a ref-counted predicate map per wait) were about an
+    eighth of the server's samples; a bare ParkingLot costs a truth test per fire."""
+
+    __slots__ = ("_lot",)
+
+    def __init__(self) -> None:
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def fire(self) -> None:
+        if self._lot:
+            self._lot.unpark_all()
+
+    async def wait(self) -> None:
+        await self._lot.park()
+
+
+__all__ = ["AsyncBool", "AsyncValue", "Level", "Pulse", "wait_any"]

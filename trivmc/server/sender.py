@@ -19,8 +19,8 @@ import math
 from collections.abc import Awaitable, Callable
 
 import trio
-from trio_util import RepeatedEvent
 
+from .._trio_util import Pulse
 from ..protocol.messages import Body
 from ..transport.plainsocket import StreamIO
 
@@ -47,7 +47,7 @@ class Sender:
         # cannot stand in, since a frame leaves it a scheduling point before the task
         # holding it runs (a direct write in that gap would overtake it)
         self._unwritten = 0
-        self._dequeued = RepeatedEvent()  # queued_bytes went down
+        self._dequeued = Pulse()  # queued_bytes went down (per write: a Pulse)
         self._closed = False
         self._held: list[tuple[Frame, int]] | None = None  # corked: frames held
 
@@ -89,7 +89,7 @@ class Sender:
         if not held:
             return
         self.queued_bytes -= sum(size for _, size in held)
-        self._dequeued.set()
+        self._dequeued.fire()
         if not self.direct:  # disconnected meanwhile: the queue drops them
             for frame, size in held:
                 self._enqueue(frame, size)
@@ -146,7 +146,7 @@ class Sender:
         self.messages_out += len(batch)
         self._unwritten -= len(batch)
         self.queued_bytes -= size
-        self._dequeued.set()
+        self._dequeued.fire()
 
     def close(self) -> None:
         """Drop whatever is queued; write nothing from now on."""
@@ -160,7 +160,7 @@ class Sender:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
         self.queued_bytes = self._unwritten = 0
-        self._dequeued.set()
+        self._dequeued.fire()
 
 
 def _rest(frame: Frame, n: int) -> Frame:
