@@ -250,26 +250,33 @@ def make_iso(directory: str) -> str:
 
 @asynccontextmanager
 async def trivmc_serve(
-    *args: str, log: list[str] | None = None, announce: str = URI_PATTERN
+    *args: str,
+    log: list[str] | None = None,
+    announce: str = URI_PATTERN,
+    procs: list[trio.Process] | None = None,
 ) -> AsyncIterator[str]:
     """Run `python -m trivmc serve ARGS` (listening on a kernel-chosen port unless ARGS
     say otherwise); yield the spice:// URI it announces (the first match of `announce`,
-    group 1); stop it on exit."""
+    group 1); stop it on exit. `procs` gets the process."""
     import sys
 
     cmd = [sys.executable, "-m", "trivmc", "serve", *args]
-    if "--listen" not in args and "--unix" not in args:
+    if "--listen" not in args and "--unix" not in args and "--await-handover" not in args:
         cmd += ["--listen", "127.0.0.1:0"]
-    async with announcing_process(cmd, log, announce) as uri:
+    async with announcing_process(cmd, log, announce, procs) as uri:
         yield uri
 
 
 @asynccontextmanager
 async def announcing_process(
-    cmd: Sequence[str], log: list[str] | None = None, announce: str = URI_PATTERN
+    cmd: Sequence[str],
+    log: list[str] | None = None,
+    announce: str = URI_PATTERN,
+    procs: list[trio.Process] | None = None,
 ) -> AsyncIterator[str]:
     """Run a server process; yield the first spice:// URI it prints; stop it on exit.
-    With `log`, the process's stderr lines are appended to it as they come."""
+    With `log`, the process's stderr lines are appended to it as they come; `procs`
+    gets the process."""
     import re
 
     async with trio.open_nursery() as nursery:
@@ -283,6 +290,8 @@ async def announcing_process(
                 check=False,
             )
         )
+        if procs is not None:
+            procs.append(proc)
         if log is not None:
             assert proc.stderr is not None
             nursery.start_soon(_collect, proc.stderr, log)

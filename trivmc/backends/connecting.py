@@ -49,6 +49,7 @@ class ConnectingBackend(StreamBackend):
         raise NotImplementedError
 
     async def serve(self) -> None:
+        await self.bridge_adopted()  # a peer handed over by the previous process first
         if self.standing:
             await self._serve_standing()
             return

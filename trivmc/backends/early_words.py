@@ -34,6 +34,11 @@ class EarlyWords:
             taken = chardev.chr_write(early)
             assert taken == len(early), "the early words fit the chardev's pending room"
 
+    @property
+    def data(self) -> bytes:
+        """What is kept (for a handover: the next process keeps it in turn)."""
+        return bytes(self._data)
+
     def clear(self) -> None:
         """Forget them (a new peer, or the peer is gone)."""
         self._data = bytearray()

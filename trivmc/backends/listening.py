@@ -25,23 +25,47 @@ class ListeningBackend(StreamBackend):
     def __init__(self) -> None:
         super().__init__()
         self.listening = trio.Event()  # one-shot: set once, never cleared
+        # a handover: the previous process's listening socket, used instead of a new one
+        self.adopted_listener: socket.socket | None = None
+        self.listener: trio.SocketListener | None = None
+        self._accept_scope: trio.CancelScope | None = None
 
     async def open_listener(self) -> trio.SocketListener:  # pragma: no cover
         raise NotImplementedError
 
     async def serve(self) -> None:
-        listener = await self.open_listener()
+        if self.adopted_listener is not None:
+            sock, self.adopted_listener = self.adopted_listener, None
+            listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        else:
+            listener = await self.open_listener()
+        self.listener = listener
         self.listening.set()
         async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as e:
-                    log.warning("%s: accept failed: %s", self.name, e)
-                    await trio.sleep(ACCEPT_PAUSE)
-                    continue
-                log.info("%s: peer connected", self.name)
-                await self.bridge(stream)
+            await self.bridge_adopted()  # a peer handed over by the previous process
+            with trio.CancelScope() as self._accept_scope:
+                while not self.released:
+                    try:
+                        stream = await listener.accept()
+                    except OSError as e:
+                        log.warning("%s: accept failed: %s", self.name, e)
+                        await trio.sleep(ACCEPT_PAUSE)
+                        continue
+                    log.info("%s: peer connected", self.name)
+                    await self.bridge(stream)
+            await trio.sleep_forever()  # handed over: the next process accepts
+
+    def release_listener(self) -> socket.socket | None:
+        """For a handover: a duplicate of the listening socket (connections queue in
+        its backlog until the next process accepts them); this backend accepts no
+        more (`released`). None before it listens."""
+        if self.listener is None:
+            return None
+        self.released = True
+        if self._accept_scope is not None and self.peer is None:
+            self._accept_scope.cancel()  # (a bridged peer goes on until release_peer)
+        sock = self.listener.socket
+        return socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
 
 
 class TcpListenBackend(ListeningBackend):

@@ -27,6 +27,7 @@ from trio_util import AsyncBool, wait_any
 
 from ..chardev import ChrEvent, DeviceSubtype, SpiceChardev
 from .early_words import EarlyWords
+from .handover import Adoption, PeerHandover, detach_socket
 
 # the stream backends' log lines keep the name they had before the split
 log = logging.getLogger("trivmc.backends.stream")
@@ -65,6 +66,17 @@ class StreamBackend:
         self._ending_session = False  # the peer is being closed at a session boundary
         self.ended_at_boundary = False  # the last peer was closed by a session boundary
         self.spoke = False  # the current (or last) peer has sent something
+        # handover (handover.py): the reader stops between reads, the bridge lets go
+        # of its peer without closing it, and a backend may start from an adopted peer
+        self.adoption: Adoption | None = None
+        self.released = False  # the peer went to another process: nothing more here
+        self._stop_reading = False
+        self._in_receive = False  # the reader waits in receive_some (nothing in hand)
+        self._reader_scope: trio.CancelScope | None = None
+        self._reader_stopped = trio.Event()
+        self._releasing = False
+        self._handover: PeerHandover | None = None
+        self._in_flight: bytearray | None = None  # what the writer is sending
 
     @property
     def standing(self) -> bool:
@@ -120,24 +132,32 @@ class StreamBackend:
 
     async def _peer_to_chardev(self, stream: trio.abc.Stream) -> None:
         assert self.chardev is not None
-        while True:
-            data = await stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                break
-            self.spoke = True
-            if self.standing and not self.chardev.fe_open:
-                # QEMU's usb-redir accepts a connection as soon as its chardev exists,
-                # but speaks (its hello) only once the device is there: that is "open"
-                self.chardev.set_fe_open(True)
-            if not self._peer_had_client:  # a standing peer before its client: keep it
-                full = self._early.keep(data)
-                del data
-                if full:
-                    await self.wait_client(True)  # read on once a client took it
-                continue
-            await self.chardev.send(data)
-            del data  # not kept alive while waiting for the next read
-        log.info("%s: peer closed its side", self.name)
+        with trio.CancelScope() as self._reader_scope:
+            while not self._stop_reading:
+                self._in_receive = True  # (stop_reading may cancel: nothing is in hand)
+                data = await stream.receive_some(RECEIVE_SIZE)
+                self._in_receive = False
+                if not data:
+                    log.info("%s: peer closed its side", self.name)
+                    return
+                self.spoke = True
+                if self.standing and not self.chardev.fe_open:
+                    # QEMU's usb-redir accepts a connection as soon as its chardev
+                    # exists, but speaks (its hello) only once the device is there
+                    self.chardev.set_fe_open(True)
+                if not self._peer_had_client:  # a standing peer before its client
+                    full = self._early.keep(data)
+                    del data
+                    if full:
+                        self._in_receive = True
+                        await self.wait_client(True)  # read on once a client took it
+                        self._in_receive = False
+                    continue
+                await self.chardev.send(data)
+                del data  # not kept alive while waiting for the next read
+        # stopped for a handover: the writer goes on until the peer is released
+        self._reader_stopped.set()
+        await trio.sleep_forever()
 
     async def _chardev_to_peer(self, stream: trio.abc.Stream) -> None:
         assert self.chardev is not None
@@ -150,8 +170,10 @@ class StreamBackend:
             # so no buffer keeps the capacity of a past burst
             data, self._out = self._out, bytearray()
             self._sending = len(data)
+            self._in_flight = data
             await self._send_counted(stream, data)
             self._sending = 0  # (left set when cancelled: `_drop_out` counts the rest)
+            self._in_flight = None
             del data  # sent: not kept alive while waiting for more
             self.chardev.accept_input()
 
@@ -178,6 +200,7 @@ class StreamBackend:
         dropped = len(self._out) + self._sending
         self._out = bytearray()
         self._sending = 0
+        self._in_flight = None
         self.dropped += dropped
         self._out_idle.value = True  # nothing is left for it: `wait_out_drained` returns
         return dropped
@@ -203,8 +226,8 @@ class StreamBackend:
         the bytes of the departed client dropped since it left (by the bridge too, when
         the peer went or was closed with bytes left). A persistent pipe keeps its peer
         and its bytes (0)."""
-        if not self.per_session:
-            return 0
+        if not self.per_session or self._stop_reading:
+            return 0  # (in a handover the peer, and its session, move on)
         with trio.move_on_at(deadline):
             await self.wait_out_drained()
         self.peer = None  # from now on nothing more is taken for it
@@ -216,26 +239,41 @@ class StreamBackend:
         self._drop_out()
         return self.dropped - self._dropped_at_leave
 
-    async def bridge(self, stream: trio.abc.Stream) -> None:
+    async def bridge(self, stream: trio.abc.Stream, adopted: PeerHandover | None = None) -> None:
         """Serve `stream` as the peer until it closes or its session ends; never raises
-        for the peer's failure. Bytes left for it are dropped, not carried on."""
+        for the peer's failure. Bytes left for it are dropped, not carried on.
+        `adopted`: the peer comes from another process's handover, with its state.
+        After `release_peer()` it never returns (the peer went to another process)."""
         assert self.chardev is not None
+        if self.released:  # the peer went to another process: none of its own
+            await trio.aclose_forcefully(stream)
+            await trio.sleep_forever()
         self.peer = stream
         self.peers_served += 1
         self._bridging.value = True
-        self._peer_had_client = self.client_attached or not self.standing
         self._early.clear()
-        self.spoke = False  # the peer has sent something
-        if not self.standing:
+        if adopted is None:
+            self._peer_had_client = self.client_attached or not self.standing
+            self.spoke = False  # the peer has sent something
+        else:
+            self._peer_had_client = adopted.had_client or not self.standing
+            self.spoke = adopted.spoke
+            self._early.keep(adopted.early)
+            self.read(memoryview(adopted.unsent))  # for the peer before anything else
+        if not self.standing or self.spoke:
             self.chardev.set_fe_open(True)  # (a standing peer: once it has spoken)
         self.chardev.accept_input()
         try:
             with trio.CancelScope() as self._bridge_scope:
-                async with stream:  # until the peer ends (the writer never does)
+                try:  # until the peer ends (the writer never does)
                     await wait_any(
                         functools.partial(self._peer_to_chardev, stream),
                         functools.partial(self._chardev_to_peer, stream),
                     )
+                finally:
+                    if self._releasing:
+                        self._handover = self._let_go(stream)
+                    await trio.aclose_forcefully(stream)
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
             why = "; ".join(str(e.__cause__ or e) for e in group.exceptions)
             log.warning("%s: peer lost: %s", self.name, why)
@@ -248,10 +286,70 @@ class StreamBackend:
                 log.warning("%s: %d bytes for a peer that is gone: dropped", self.name, dropped)
             self._early.clear()
             self.ended_at_boundary = self._ending_session
-            if not (self.standing and self._ending_session):
+            if not (self.standing and self._ending_session) and not self.released:
                 self.chardev.set_fe_open(False)  # (a standing peer is replaced at once)
             self._ending_session = False
             self._bridging.value = False  # (also: `wait_undeliverable` looks again)
+        if self.released:
+            await trio.sleep_forever()  # no peer of its own after a handover
+
+    # ---- handover (handover.py, docs/handover.md) ---------------------------------
+
+    async def stop_reading(self) -> None:
+        """Stop reading the peer between two reads (what was read is handed to the
+        chardev first); the writer goes on. Returns at once without a peer."""
+        self._stop_reading = True
+        if self.peer is None or self._reader_scope is None or self._reader_stopped.is_set():
+            return  # (no scheduling point then)
+        if self._in_receive:
+            self._reader_scope.cancel()  # a receive cancelled has taken nothing
+        # (or the peer ended meanwhile: the bridge ends)
+        not_bridging = functools.partial(self._bridging.wait_value, False)
+        await wait_any(self._reader_stopped.wait, not_bridging)
+
+    async def release_peer(self, drain: float) -> PeerHandover | None:
+        """Let go of the peer for another process: reading stops, the writer gets up to
+        `drain` seconds to send what it has, then the socket leaves trio unclosed,
+        with the bytes still unsent and a standing peer's early words. None without a
+        peer (or a peer that is not a socket: it is closed). From then on this backend
+        opens no peer of its own (`released`)."""
+        await self.stop_reading()
+        self.released = True
+        if self.peer is None or self._bridge_scope is None:
+            return None
+        with trio.move_on_after(drain):
+            await self.wait_out_drained()
+        self._releasing = True
+        self._bridge_scope.cancel()
+        await self._bridging.wait_value(False)
+        handover, self._handover = self._handover, None
+        return handover
+
+    def _let_go(self, stream: trio.abc.Stream) -> PeerHandover | None:
+        """The bridge's last step in a release: the socket, and what is in flight."""
+        sock = detach_socket(stream)
+        if sock is None:
+            return None
+        unsent = b""
+        if self._in_flight is not None and self._sending:
+            unsent = bytes(self._in_flight[len(self._in_flight) - self._sending :])
+        unsent += self._out
+        self._out, self._sending, self._in_flight = bytearray(), 0, None
+        return PeerHandover(sock, unsent, self._early.data, self._peer_had_client, self.spoke)
+
+    async def bridge_adopted(self) -> bool:
+        """Wait for `adoption` (when one was set) and bridge the peer it brings; False
+        when there was none to wait for or it brought none."""
+        adoption, self.adoption = self.adoption, None
+        if adoption is None:
+            return False
+        peer = await adoption.take()
+        if peer is None:
+            return False
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(peer.sock))
+        log.info("%s: bridging the peer handed over by the previous process", self.name)
+        await self.bridge(stream, adopted=peer)
+        return True
 
     async def run(self, chardev: SpiceChardev) -> None:
         self.chardev = chardev

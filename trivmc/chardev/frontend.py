@@ -217,6 +217,15 @@ class SpiceChardev:
             if len(view):
                 await self._full.wait(False)
 
+    async def wait_drained(self) -> None:
+        """Return once the device has read every pending byte (for a handover: what
+        the backend handed over reaches the client before MIGRATE), or the client left
+        (its pending bytes are dropped then, as QEMU does). Used only once the backend
+        stopped handing data over: it marks the frontend full while it waits."""
+        while self._pending and self._connected.value:
+            self._full.set(True)  # read() clears it once nothing is pending
+            await self._full.wait(False)
+
     async def wait_connected(self, connected: bool = True) -> None:
         """Return once a client is attached (or, with `connected=False`, detached)."""
         await self._connected.wait_value(connected)

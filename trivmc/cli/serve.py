@@ -8,6 +8,7 @@ describe in `serve_setup.py`, and what it prints in `serve_report.py`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import signal
@@ -21,6 +22,7 @@ from ..backends import BackendSpecError
 from ..control import ControlAddress, ControlServer, parse_control_address
 from ..control.listener import inherited_control_address
 from ..server import Server
+from ..server.adoption import await_handover as await_handover_at
 from ..server.sockets import format_address
 from ..server.systemd import ActivatedSockets, Notifier, SystemdError, listen_fds, sort_sockets
 from . import version
@@ -53,11 +55,14 @@ async def serve(
     activated: ActivatedSockets | None = None,
     notifier: Notifier | None = None,
     metrics: tuple[str, int] | None = None,
+    await_handover: str | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; `activated`: the sockets systemd passed (their
-    control socket is served at `control`); `notifier` gets READY=1 once every listener
-    serves and STOPPING=1 when a signal stops it; `metrics`: where to serve Prometheus
-    metrics."""
+    """Serve until SIGINT or SIGTERM, or until a handover moved everything to another
+    server; `activated`: the sockets systemd passed (their control socket is served at
+    `control`); `notifier` gets READY=1 once every listener serves and STOPPING=1 when
+    a signal stops it; `metrics`: where to serve Prometheus metrics; `await_handover`:
+    take the listeners, sessions and peers of a running server that hands over at
+    this unix socket path, instead of listening (docs/handover.md)."""
     try:
         await _serve(
             server,
@@ -67,6 +72,7 @@ async def serve(
             activated or ActivatedSockets(),
             notifier or Notifier(None),
             metrics,
+            await_handover,
         )
     finally:
         close_recordings(server)
@@ -80,6 +86,7 @@ async def _serve(
     activated: ActivatedSockets,
     notifier: Notifier,
     metrics: tuple[str, int] | None,
+    await_handover: str | None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         bound = None
@@ -91,9 +98,18 @@ async def _serve(
             from ..server.metrics import serve_metrics
 
             metrics_at = await nursery.start(serve_metrics, server, *metrics)
+        inherited = activated.listeners
+        receiver = None
+        if await_handover is not None:
+            print(f"trivmc: awaiting a handover at {await_handover}", flush=True)
+            inherited, receiver = await await_handover_at(await_handover, server)
+            server.config = dataclasses.replace(server.config, listen=[], tls_listen=[], unix=[])
         addresses: list[object] = await nursery.start(
-            functools.partial(server.serve, inherited=activated.listeners)
+            functools.partial(server.serve, inherited=inherited)
         )
+        if receiver is not None:
+            nursery.start_soon(receiver.run)
+        nursery.start_soon(_stop_when_handed_over, server, nursery.cancel_scope)
         if bound is not None:
             print(f"trivmc: control socket {bound}", flush=True)
         started.yes = True
@@ -121,6 +137,13 @@ async def _serve(
         elif tls_first is not None:
             print(f"try: remote-viewer {uri_for(None, tls_first)}", flush=True)
         notifier.notify("READY=1", f"STATUS={status_line(server)}")
+
+
+async def _stop_when_handed_over(server: Server, scope: trio.CancelScope) -> None:
+    """A handover moved everything to the next server: this one is done."""
+    await server.handed_over.wait()
+    print("trivmc: handed over to the next server", flush=True)
+    scope.cancel()
 
 
 async def stop_on_signals(
@@ -199,6 +222,7 @@ def _run(args: argparse.Namespace, activated: ActivatedSockets, notifier: Notifi
                 activated=activated,
                 notifier=notifier,
                 metrics=metrics,
+                await_handover=getattr(args, "await_handover", None),
             )
         )
     except BaseException as e:

@@ -76,6 +76,14 @@ def add_parser(sub: Any) -> None:
         " drive it with `trivmc ctl`, `trivmc status`, qmp-shell or socat",
     )
     p.add_argument(
+        "--await-handover",
+        metavar="PATH",
+        help="take over from a running trivmc serve instead of listening: wait at the"
+        " unix socket PATH for its `trivmc ctl ... handover --to PATH`, then serve its"
+        " listeners, sessions and backend peers (docs/handover.md); give the same"
+        " channels as the running server",
+    )
+    p.add_argument(
         "--multi-session",
         action="store_true",
         default=None,

@@ -154,6 +154,14 @@ class Commands:
                 self.remove_channel,
             ),
             "disconnect-session": ((Param("connection-id", int),), self.disconnect_session),
+            "handover": (
+                (
+                    Param("to", str),
+                    Param("host", str, False),
+                    Param("connect-timeout", (int, float), False),
+                ),
+                self.handover,
+            ),
         }
 
     async def run(self, name: str, args: Args) -> Any:
@@ -281,3 +289,19 @@ class Commands:
         if not self.server.disconnect_session(cid):
             raise CommandError(f"no session with connection-id {cid}")
         return {}
+
+    async def handover(self, args: Args) -> Any:
+        """Hand every session, listener and backend peer to the server waiting at the
+        handover socket `to` (docs/handover.md); this server stops serving after it."""
+        from ..server.handover import hand_over
+
+        try:
+            report = await hand_over(
+                self.server,
+                args["to"],
+                host=args.get("host"),
+                connect_timeout=float(args.get("connect-timeout", 10.0)),
+            )
+        except (OSError, ValueError) as e:
+            raise CommandError(f"handover to {args['to']} failed: {e}") from e
+        return report.as_dict()

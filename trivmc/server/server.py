@@ -70,6 +70,11 @@ class Server:
         self.tls_failures = 0
         self.tls_addresses: list[object] = []
         self.addresses: list[object] = []  # the plain ones, once serving
+        # the listening sockets while serving, each with whether it is TLS (a handover
+        # passes them on); `stop_accepting` cancels `_accepting`
+        self.listeners: list[tuple[trio.socket.SocketType, bool]] = []
+        self._accepting = trio.CancelScope()
+        self.handed_over = trio.Event()  # a handover moved everything: serving may end
         self._stack = contextlib.AsyncExitStack()
 
     # ---- channels (the registry's, see registry.py) ----------------------------
@@ -223,16 +228,30 @@ class Server:
                 # from here on add_channel starts a channel itself; one added while the
                 # first keys were made is started here, with the others (once)
                 self.registry.start(nursery)
-                for sock, addr, secure in listeners:
-                    name = format_address(addr) + (" (TLS)" if secure else "")
-                    on_accept = functools.partial(self._accepted, nursery, secure=secure)
-                    nursery.start_soon(accept_loop, sock, on_accept, name)
-                    log.info("listening on %s", name)
+                self.listeners = [(sock, secure) for sock, _, secure in listeners]
+                nursery.start_soon(self._accept_all, nursery, listeners)
                 task_status.started(addresses)
         finally:
             self.registry.stop()
             for sock, _, _ in listeners:
                 sock.close()
+
+    async def _accept_all(
+        self, nursery: trio.Nursery, listeners: list[tuple[trio.socket.SocketType, object, bool]]
+    ) -> None:
+        """Accept on every listener until `stop_accepting()` or cancellation."""
+        with self._accepting:
+            async with trio.open_nursery() as accepting:
+                for sock, addr, secure in listeners:
+                    name = format_address(addr) + (" (TLS)" if secure else "")
+                    on_accept = functools.partial(self._accepted, nursery, secure=secure)
+                    accepting.start_soon(accept_loop, sock, on_accept, name)
+                    log.info("listening on %s", name)
+
+    def stop_accepting(self) -> None:
+        """Accept no more connections (a handover: the next process accepts on the same
+        listening sockets); the connections served go on."""
+        self._accepting.cancel()
 
     async def __aenter__(self) -> list[object]:
         """Serve in the background; the value is the list of bound addresses."""

@@ -80,6 +80,7 @@ class VmcChannelClient(ChannelClient):
         # the hot path (`handle_now`) is off while the common rules must see every
         # message: on a target until MIGRATE_DATA, on a source after the flush mark
         self._hot = not migration_target
+        self.migration_target = migration_target
         self.migrated = trio.Event()  # MIGRATE_DATA sent (source) or restored (target)
         self.migrated_bytes = 0  # the pending write bytes it carried
         # a source device holds at most its budget plus one message (get_write_buffer):
@@ -159,6 +160,10 @@ class VmcChannelClient(ChannelClient):
         self._hot = True
         self.migrated.set()
         log.info("%s: MIGRATE_DATA restored %d pending bytes", self.name, len(mig.pending))
+        if self.channel.client is self:
+            # device data flows only now, as spice-server's device waits for the
+            # migration data: nothing reaches the client ahead of the switch
+            self.channel.device.attach_client(self)
 
 
 class VmcChannel:
@@ -348,7 +353,8 @@ class VmcChannel:
                 name = (self.chardev.port_name or "").encode()
                 client.send(MsgVmc.PORT_INIT, PortInit(name, self.chardev.fe_open).encode())
             self._attached = client
-            self.device.attach_client(client)
+            if not client.migration_target:  # (a target's: at MIGRATE_DATA)
+                self.device.attach_client(client)
             await client.run(initial)
         finally:
             try:

@@ -1,0 +1,112 @@
+"""Issue 17 item 3 end to end: spice-gtk has an emulated USB CD redirected into QEMU's
+`-device usb-redir` through `trivmc serve` A; `trivmc ctl A handover to=B` moves
+everything to a second `trivmc serve --await-handover B`. QMP is polled throughout:
+the CD never leaves the VM (no sample without redir0 at 480 Mb/s); QEMU's usb-redir
+socket never closes (QEMU would detach the device); A exits; spice-gtk, now linked to
+B, still controls the device: its disconnect reaches QEMU through B."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+
+import trio
+
+from .tools import LineReader, Qmp, gtk_process, listening_socket, make_iso, qemu, trivmc_serve
+from .usb_cd import REDIR_DEBUG, wait_usb_speed
+
+
+class UsbWatch:
+    """Polls QMP `info usb` until stopped; counts the samples where the CD was not
+    attached at 480 Mb/s."""
+
+    def __init__(self, qmp: Qmp) -> None:
+        self.qmp = qmp
+        self.samples = 0
+        self.missing: list[str] = []
+
+    async def run(self, stop: trio.Event) -> None:
+        while not stop.is_set():
+            info = await self.qmp.hmp("info usb")
+            self.samples += 1
+            if "redir0" not in info or "480 Mb/s" not in info:
+                self.missing.append(info)
+            await trio.sleep(0.002)  # poll QMP: QEMU emits no event for a USB detach
+
+
+async def ctl(target: str, *args: str) -> dict[str, object]:
+    cmd = [sys.executable, "-m", "trivmc", "ctl", target, *args]
+    proc = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out: dict[str, object] = json.loads(proc.stdout)
+    return out
+
+
+async def test_handover_keeps_the_redirected_cd_attached() -> None:
+    redir = listening_socket()
+    port = redir.getsockname()[1]
+    log_a: list[str] = []
+    log_b: list[str] = []
+    stderr: list[str] = []
+    procs: list[trio.Process] = []
+    with tempfile.TemporaryDirectory() as tmp, trio.fail_after(120):
+        iso = make_iso(tmp)
+        args = [
+            "-machine", "pc", "-device", "qemu-xhci",
+            "-chardev", f"socket,id=ur0,fd={redir.fileno()},server=on,wait=off",
+            "-device", f"usb-redir,chardev=ur0,id=redir0,debug={REDIR_DEBUG}",
+        ]  # fmt: skip
+        common = ("--disable-ticketing", "--usbredir", f"tcp:127.0.0.1:{port}")
+        async with qemu(args, pass_fds=[redir.fileno()], stderr=stderr) as qmp:
+            redir.close()
+            a_ctl, b_path, b_ctl = f"{tmp}/a.ctl", f"{tmp}/b.handover", f"{tmp}/b.ctl"
+            async with (
+                trivmc_serve(*common, "--control", f"unix:{a_ctl}", log=log_a, procs=procs) as uri,
+                gtk_process("usbredir-cd", uri, iso) as gtk,
+            ):
+                assert gtk.stdout is not None and gtk.stdin is not None
+                lines = LineReader(gtk.stdout)
+                while True:
+                    ev = json.loads(await lines.readline())
+                    if ev.get("event") in ("connected", "connect-error", "no-shared-cd"):
+                        break
+                assert ev == {**ev, "event": "connected", "ok": True}
+                await wait_usb_speed(qmp, "480 Mb/s")
+
+                b_args = (*common, "--await-handover", b_path, "--control", f"unix:{b_ctl}")
+                async with trivmc_serve(
+                    *b_args, log=log_b, announce=r"awaiting a handover at (\S+)"
+                ):
+                    watch = UsbWatch(qmp)
+                    stop = trio.Event()
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(watch.run, stop)
+                        t0 = time.monotonic()
+                        try:
+                            reply = await ctl(a_ctl, "handover", f"to={b_path}")
+                        finally:
+                            print("A:", "".join(log_a[-30:]))
+                            print("B:", "".join(log_b[-30:]))
+                        took = time.monotonic() - t0
+                        with trio.fail_after(10):
+                            await procs[0].wait()  # A ends by itself
+                        sessions = await ctl(f"unix:{b_ctl}", "query-sessions")
+                        stop.set()
+                    result = reply["return"]
+                    assert isinstance(result, dict)
+                    print(f"handover: {took * 1e3:.0f} ms, {result}, {watch.samples} QMP samples")
+                    assert procs[0].returncode == 0
+                    assert result["peers"] == 1
+                    assert list(result["outcomes"].values()) == ["seamless"]
+                    assert watch.samples > 0 and watch.missing == []
+                    assert sessions["return"], "spice-gtk is not linked to B"
+                    # spice-gtk still drives the device, now through B
+                    await gtk.stdin.send_all(b"disconnect\n")
+                    while json.loads(await lines.readline()).get("event") != "disconnected":
+                        pass
+                    await wait_usb_speed(qmp, "1.5 Mb/s")
+    # QEMU's usb-redir got one hello (one connection) for the whole run
+    hellos = [line for line in stderr if "Peer version" in line]
+    assert len(hellos) == 1, "".join(stderr)
