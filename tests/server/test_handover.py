@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from trivmc.backends.stream import TcpConnectBackend
+from trivmc.client import connect
 from trivmc.protocol import ChannelType, MsgcVmc, MsgVmc
 from trivmc.server import Server, ServerConfig
 from trivmc.server.adoption import accept_handover, listen_for_handover
@@ -22,6 +23,7 @@ from trivmc.server.handover import hand_over
 from .test_migration_e2e import link, main_link, settle
 
 HELLO = b"usbredir hello from the fake QEMU"
+PORT = "org.trivmc.handover.0"
 
 
 class FakeQemu:
@@ -96,4 +98,83 @@ async def test_handover_keeps_the_qemu_connection_and_the_listener(tmp_path: Pat
         assert old_channel.clients_served == 0 and new_channel.clients_served == 1
         for peer in (usb, main):
             await peer.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+class EchoDevice:
+    """A peer that echoes what it receives; records connections and closes."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.closed = 0
+        self.received = 0
+        self.port = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listener.socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._conn, [listener])
+
+    async def _conn(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        while data := await stream.receive_some():
+            self.received += len(data)
+            await stream.send_all(data)
+        self.closed += 1
+
+
+async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(tmp_path: Path) -> None:
+    """A trivmc client keeps writing to a port whose backend echoes through a
+    per-session connection; the handover happens in the middle. Everything written
+    comes back exactly once and in order, through the same device connection."""
+    device = EchoDevice()
+    old, new = Server(config()), Server(config())
+    chunks = [bytes([65 + i % 26]) * (1000 + i) for i in range(300)]
+    sent = b"".join(chunks)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(device.serve)
+        old.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
+        new_channel = new.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
+        (address,) = await nursery.start(old.serve)
+        sock = await listen_for_handover(str(tmp_path / "handover"))
+
+        async def take_over() -> None:
+            listeners, receiver = await accept_handover(sock, new)
+            new.config = dataclasses.replace(new.config, listen=[])
+            await nursery.start(lambda **kw: new.serve(inherited=listeners, **kw))
+            nursery.start_soon(receiver.run)
+
+        async with connect(f"spice://{address[0]}:{address[1]}") as session:
+            ch = await session.open_port(PORT)
+            got = bytearray()
+            half = trio.Event()
+
+            async def write() -> None:
+                for i, chunk in enumerate(chunks):
+                    await ch.send_all(chunk)
+                    if i == len(chunks) // 3:
+                        half.set()
+                    await trio.sleep(0)
+
+            async def read() -> None:
+                with trio.fail_after(30):
+                    while len(got) < len(sent):
+                        data = await ch.receive_some()
+                        assert data, f"closed after {len(got)} bytes"
+                        got.extend(data)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(write)
+                inner.start_soon(read)
+                await half.wait()
+                inner.start_soon(take_over)
+                report = await hand_over(old, str(tmp_path / "handover"))
+            assert bytes(got) == sent
+            assert report.outcomes == {session.session_id: "seamless"}
+            assert report.peers == 1
+            assert device.connections == 1 and device.closed == 0
+            assert device.received == len(sent)
+            assert new_channel.clients_served == 1
+            print(f"handover: {report.as_dict()}")
         nursery.cancel_scope.cancel()

@@ -141,7 +141,7 @@ async def _serve(
 
 async def _stop_when_handed_over(server: Server, scope: trio.CancelScope) -> None:
     """A handover moved everything to the next server: this one is done."""
-    await server.handed_over.wait()
+    await server.done.wait()
     print("trivmc: handed over to the next server", flush=True)
     scope.cancel()
 

@@ -113,6 +113,9 @@ class Commands:
         self.server = server
         self.version = version
         self.package = package
+        # set by a command that must wait for its reply to be sent (handover: the
+        # server stops after it); taken by the connection that ran it
+        self.after_reply: Callable[[], None] | None = None
         self.table: dict[str, tuple[tuple[Param, ...], Handler]] = {
             "query-version": ((), self.query_version),
             "query-commands": ((), self.query_commands),
@@ -304,4 +307,5 @@ class Commands:
             )
         except (OSError, ValueError) as e:
             raise CommandError(f"handover to {args['to']} failed: {e}") from e
+        self.after_reply = self.server.done.set  # `trivmc serve` ends once answered
         return report.as_dict()

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,8 +166,11 @@ class ControlConnection:
         self.owner = owner
         self.stream = stream
         self.negotiated = False
-        # (is an event, the encoded message); unbounded, but events are counted
-        self._send, self._recv = trio.open_memory_channel[tuple[bool, bytes]](math.inf)
+        # (is an event, the encoded message, what to do once it is sent); unbounded,
+        # but events are counted
+        self._send, self._recv = trio.open_memory_channel[
+            tuple[bool, bytes, Callable[[], None] | None]
+        ](math.inf)
         self._events_queued = 0
         self._overflow = False
         self._unsubscribe: Any = None
@@ -185,9 +189,11 @@ class ControlConnection:
             if self._unsubscribe is not None:
                 self._unsubscribe()
 
-    def _out(self, msg: dict[str, Any], is_event: bool = False) -> None:
+    def _out(
+        self, msg: dict[str, Any], is_event: bool = False, then: Callable[[], None] | None = None
+    ) -> None:
         if not self._overflow:
-            self._send.send_nowait((is_event, encode(msg)))
+            self._send.send_nowait((is_event, encode(msg), then))
 
     def _on_event(self, name: str, data: dict[str, Any]) -> None:
         if self._overflow:
@@ -207,9 +213,13 @@ class ControlConnection:
         self._out(event(name, data), is_event=True)
 
     async def _writer(self) -> None:
-        async for is_event, data in self._recv:
+        async for is_event, data, then in self._recv:
             self._events_queued -= is_event
-            await self.stream.send_all(data)
+            try:
+                await self.stream.send_all(data)
+            finally:
+                if then is not None:
+                    then()  # (also when the client is gone: it was answered as it could)
 
     async def _reader(self) -> None:
         parser = JsonStream()
@@ -264,8 +274,10 @@ class ControlConnection:
         if not self.negotiated:
             fail("CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'")
             return
+        commands = self.owner.commands
         try:
-            result = await self.owner.commands.run(name, args)
+            result = await commands.run(name, args)
+            then, commands.after_reply = commands.after_reply, None
         except CommandError as e:
             fail(e.cls, str(e))
             return
@@ -273,4 +285,4 @@ class ControlConnection:
             log.exception("control command %s failed", name)
             fail("GenericError", f"internal error: {e}")
             return
-        self._out(reply(result, cmd_id, has_id=has_id))
+        self._out(reply(result, cmd_id, has_id=has_id), then=then)

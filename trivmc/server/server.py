@@ -74,7 +74,10 @@ class Server:
         # passes them on); `stop_accepting` cancels `_accepting`
         self.listeners: list[tuple[trio.socket.SocketType, bool]] = []
         self._accepting = trio.CancelScope()
-        self.handed_over = trio.Event()  # a handover moved everything: serving may end
+        self.handed_over = trio.Event()  # a handover moved everything here
+        # nothing is left to serve (`trivmc serve` then exits): set by the control
+        # socket's handover once its answer is sent
+        self.done = trio.Event()
         self._stack = contextlib.AsyncExitStack()
 
     # ---- channels (the registry's, see registry.py) ----------------------------
