@@ -196,9 +196,10 @@ class MainMigrateData:
         name = "main MIGRATE_DATA"
         if len(body) > max_size:
             raise ProtocolError(f"{name}: {len(body)} bytes, above the bound {max_size}")
-        magic, version, *rest = unpack_fixed(_MAIN_MD, body, name)
+        _, version, *rest = unpack_fixed(_MAIN_MD, body, name)
+        magic = bytes(body[:4])
         if magic != MAIN_MIGRATE_MAGIC:
-            raise ProtocolError(f"{name}: bad magic {bytes(magic)!r}, expected b'MNMD'")
+            raise ProtocolError(f"{name}: bad magic {magic!r}, expected b'MNMD'")
         if version > MAIN_MIGRATE_VERSION:
             raise ProtocolError(f"{name}: MNMD version {version} above {MAIN_MIGRATE_VERSION}")
         data = cls(version, *rest)

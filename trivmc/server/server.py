@@ -14,12 +14,12 @@ import functools
 import logging
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
 from ..backends import Backend
-from ..protocol import ChannelType, LinkError, check_password
+from ..protocol import ChannelType, LinkError, MigrationDstInfo, check_password
 from .accept import accept_loop, raise_fd_limit
 from .admission import PendingLink, PendingLinks, source_key
 from .channel import Traffic
@@ -33,7 +33,8 @@ from .keypool import KeyPool
 from .keys import KeyMaker
 from .link_driver import LinkDriver
 from .link_policy import ChannelKey, LinkPolicy
-from .main_channel import MainChannelClient
+from .main_channel import MainChannelClient, MigrationOutcome
+from .migration_main import STEP_TIMEOUT, migrate_sessions
 from .registry import ChannelRegistry
 from .session import SessionTable
 from .sockets import close_quietly, format_address, open_listeners
@@ -156,6 +157,63 @@ class Server:
         VMC channel in that session takes the source's MIGRATE_DATA before any DATA
         (docs/migration.md). ValueError unless a non-zero u32."""
         self.sessions.expect(connection_id)
+
+    # ---- migration: this server as a source (main_channel.py, migration_main.py) ----
+
+    def main_clients_of(self, connection_id: int) -> MainChannelClient | None:
+        """The live main channel of session `connection_id`, if any."""
+        for client in self.main_clients:
+            if client.session_id == connection_id:
+                return client
+        return None
+
+    def session_channels(self, connection_id: int) -> list[VmcChannel]:
+        """The hosted channels whose client belongs to session `connection_id`."""
+        return [
+            ch
+            for ch in self.channels.values()
+            if ch.client is not None and ch.client.connection_id == connection_id
+        ]
+
+    async def migrate_sessions(
+        self,
+        dst: MigrationDstInfo,
+        *,
+        connect_timeout: float,
+        channel_step: Callable[[VmcChannel], Awaitable[None]] | None = None,
+        step_timeout: float = STEP_TIMEOUT,
+    ) -> dict[int, MigrationOutcome]:
+        """Move every live session's client to the server at `dst`, as spice-server:
+        MIGRATE_BEGIN(_SEAMLESS) to each, their answers awaited at most
+        `connect_timeout` s, then per session MIGRATE + MIGRATE_DATA on main and (by
+        `channel_step`, default `VmcChannel.migrate_client` and its `migrated`) on its
+        VMC channels, or MIGRATE_END, or MIGRATE_SWITCH_HOST; each session's part is
+        bounded by `step_timeout` s. Returns how each session moved (connection id →
+        outcome; FAILED and NONE got SWITCH_HOST), counted in `migrations_out`."""
+        mains = {
+            s.connection_id: m
+            for s in self.sessions
+            if (m := self.main_clients_of(s.connection_id))
+        }
+        return await migrate_sessions(
+            mains,
+            self.session_channels,
+            dst,
+            connect_timeout=connect_timeout,
+            channel_step=channel_step,
+            step_timeout=step_timeout,
+            counts=self.runner.migrations_out,
+        )
+
+    @property
+    def migrations_in(self) -> Counter[MigrationOutcome]:
+        """Sessions moved here, by path (SEAMLESS, SEMI_SEAMLESS)."""
+        return self.runner.migrations_in
+
+    @property
+    def migrations_out(self) -> Counter[MigrationOutcome]:
+        """Sessions moved away by `migrate_sessions`, by outcome."""
+        return self.runner.migrations_out
 
     # ---- counters ----------------------------------------------------------------
 
