@@ -16,12 +16,14 @@ import trio
 
 from ..protocol import MigrationDstInfo
 from .main_channel import MainChannelClient, MigrationOutcome
+from .session import ServerSession
 from .vmc import VmcChannel
 
 log = logging.getLogger(__name__)
 
 ChannelStep = Callable[[VmcChannel], Awaitable[None]]
 STEP_TIMEOUT = 30.0  # seconds for one session's channels and main to hand over
+LEAVE_TIMEOUT = 10.0  # seconds a moved client has to leave (spice-server's MIGRATE_TIMEOUT)
 
 
 async def migrate_channel(channel: VmcChannel) -> None:
@@ -86,6 +88,20 @@ async def migrate_session(
     return MigrationOutcome.SEAMLESS
 
 
+async def _leave(session: ServerSession, timeout: float) -> None:
+    """Wait at most `timeout` s for the moved client to close its session, else close
+    it (spice-gtk, for one, keeps the source's main connection after a seamless move)."""
+    with trio.move_on_after(timeout):
+        await session.ended.wait()
+    if session.alive:
+        log.info(
+            "session %#010x: the client did not leave %g s after the move: closed",
+            session.connection_id,
+            timeout,
+        )
+        session.close()
+
+
 async def migrate_sessions(
     mains: dict[int, MainChannelClient],
     channels: Callable[[int], list[VmcChannel]],
@@ -94,12 +110,15 @@ async def migrate_sessions(
     connect_timeout: float,
     channel_step: ChannelStep | None = None,
     step_timeout: float = STEP_TIMEOUT,
+    leave_timeout: float | None = LEAVE_TIMEOUT,
     counts: Counter[MigrationOutcome] | None = None,
 ) -> dict[int, MigrationOutcome]:
     """Move every session of `mains` (connection id → main channel) to `dst`:
     begin on each, wait at most `connect_timeout` for their answers, then complete
-    each session concurrently (`migrate_session`, with `channels(connection_id)`).
-    Returns how each moved; `counts` counts the outcomes."""
+    each session concurrently (`migrate_session`, with `channels(connection_id)`),
+    then give each client `leave_timeout` seconds to close its connections and close
+    the session of one that did not (spice-server's wait for the disconnect; None:
+    neither wait nor close). Returns how each moved; `counts` counts the outcomes."""
     for main in mains.values():
         main.begin_migration(dst)
     with trio.move_on_after(connect_timeout):
@@ -116,6 +135,8 @@ async def migrate_sessions(
         if counts is not None:
             counts[outcome] += 1
         log.info("session %#010x: migrated out (%s)", cid, outcome.value)
+        if leave_timeout is not None and main.session is not None:
+            await _leave(main.session, leave_timeout)
 
     async with trio.open_nursery() as nursery:
         for cid, main in mains.items():

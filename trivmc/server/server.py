@@ -34,7 +34,7 @@ from .keys import KeyMaker
 from .link_driver import LinkDriver
 from .link_policy import ChannelKey, LinkPolicy
 from .main_channel import MainChannelClient, MigrationOutcome
-from .migration_main import STEP_TIMEOUT, migrate_sessions
+from .migration_main import LEAVE_TIMEOUT, STEP_TIMEOUT, migrate_sessions
 from .registry import ChannelRegistry
 from .session import SessionTable
 from .sockets import close_quietly, format_address, open_listeners
@@ -182,14 +182,17 @@ class Server:
         connect_timeout: float,
         channel_step: Callable[[VmcChannel], Awaitable[None]] | None = None,
         step_timeout: float = STEP_TIMEOUT,
+        leave_timeout: float | None = LEAVE_TIMEOUT,
     ) -> dict[int, MigrationOutcome]:
         """Move every live session's client to the server at `dst`, as spice-server:
         MIGRATE_BEGIN(_SEAMLESS) to each, their answers awaited at most
         `connect_timeout` s, then per session MIGRATE + MIGRATE_DATA on main and (by
         `channel_step`, default `VmcChannel.migrate_client` and its `migrated`) on its
         VMC channels, or MIGRATE_END, or MIGRATE_SWITCH_HOST; each session's part is
-        bounded by `step_timeout` s. Returns how each session moved (connection id →
-        outcome; FAILED and NONE got SWITCH_HOST), counted in `migrations_out`."""
+        bounded by `step_timeout` s; then each client has `leave_timeout` s to close
+        its connections before its session is closed (None: left open). Returns how
+        each session moved (connection id → outcome; FAILED and NONE got
+        SWITCH_HOST), counted in `migrations_out`."""
         mains = {
             s.connection_id: m
             for s in self.sessions
@@ -202,6 +205,7 @@ class Server:
             connect_timeout=connect_timeout,
             channel_step=channel_step,
             step_timeout=step_timeout,
+            leave_timeout=leave_timeout,
             counts=self.runner.migrations_out,
         )
 

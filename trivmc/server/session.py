@@ -32,6 +32,7 @@ class ServerSession:
         self._migrated_keys: set[tuple[int, int]] = set()
         self.scope = trio.CancelScope()
         self.alive = True
+        self.ended = trio.Event()  # set by close()
         self.channel_scopes: set[trio.CancelScope] = set()
         # tells the client of channels that appeared (MSG_MAIN_CHANNELS_LIST); set by
         # the main channel once it runs
@@ -66,6 +67,7 @@ class ServerSession:
     def close(self) -> None:
         """Close the session: its main channel and every channel that joined it."""
         self.alive = False
+        self.ended.set()
         self.scope.cancel()
         for scope in self.channel_scopes:
             scope.cancel()
