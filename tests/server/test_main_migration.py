@@ -160,7 +160,7 @@ async def test_fallbacks_switch_host_end_and_late_answers() -> None:
                     await semi.send(MsgcMain.MIGRATE_CONNECTED)
 
                 nursery.start_soon(semi_client)
-                outcomes = await a.migrate_sessions(dst, connect_timeout=0.3)
+                outcomes = await a.migrate_sessions(dst, connect_timeout=0.3, leave_timeout=None)
         assert outcomes == {
             plain_sid: MigrationOutcome.NONE,
             semi_sid: MigrationOutcome.SEMI_SEAMLESS,
@@ -187,6 +187,19 @@ async def test_fallbacks_switch_host_end_and_late_answers() -> None:
         for peer in (plain, semi, mute):
             await peer.stream.aclose()
         await settle(lambda: not len(a.sessions))
+
+
+async def test_a_client_that_stays_after_the_move_is_disconnected() -> None:
+    a = Server(config())
+    async with a as a_addrs:
+        peer, sid = await main_link(a_addrs[0], [])
+        dst = MigrationDstInfo(5900, 0, b"example.invalid")
+        with trio.fail_after(10):
+            outcomes = await a.migrate_sessions(dst, connect_timeout=1, leave_timeout=0.2)
+        assert outcomes == {sid: MigrationOutcome.NONE}
+        assert not len(a.sessions)  # closed when migrate_sessions returned
+        (switch,) = await peer.expect_closed()
+        assert switch.type == MsgMain.MIGRATE_SWITCH_HOST
 
 
 async def test_cancel_after_connected() -> None:

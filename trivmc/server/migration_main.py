@@ -88,7 +88,9 @@ async def migrate_session(
     return MigrationOutcome.SEAMLESS
 
 
-async def _leave(session: ServerSession, timeout: float) -> None:
+async def _leave(
+    session: ServerSession, timeout: float, close: Callable[[ServerSession], None]
+) -> None:
     """Wait at most `timeout` s for the moved client to close its session, else close
     it (spice-gtk, for one, keeps the source's main connection after a seamless move)."""
     with trio.move_on_after(timeout):
@@ -99,7 +101,7 @@ async def _leave(session: ServerSession, timeout: float) -> None:
             session.connection_id,
             timeout,
         )
-        session.close()
+        close(session)
 
 
 async def migrate_sessions(
@@ -111,14 +113,16 @@ async def migrate_sessions(
     channel_step: ChannelStep | None = None,
     step_timeout: float = STEP_TIMEOUT,
     leave_timeout: float | None = LEAVE_TIMEOUT,
+    close_session: Callable[[ServerSession], None] = ServerSession.close,
     counts: Counter[MigrationOutcome] | None = None,
 ) -> dict[int, MigrationOutcome]:
     """Move every session of `mains` (connection id → main channel) to `dst`:
     begin on each, wait at most `connect_timeout` for their answers, then complete
     each session concurrently (`migrate_session`, with `channels(connection_id)`),
     then give each client `leave_timeout` seconds to close its connections and close
-    the session of one that did not (spice-server's wait for the disconnect; None:
-    neither wait nor close). Returns how each moved; `counts` counts the outcomes."""
+    the session of one that did not (`close_session`; spice-server's wait for the
+    disconnect; None: neither wait nor close). Returns how each moved; `counts`
+    counts the outcomes."""
     for main in mains.values():
         main.begin_migration(dst)
     with trio.move_on_after(connect_timeout):
@@ -136,7 +140,7 @@ async def migrate_sessions(
             counts[outcome] += 1
         log.info("session %#010x: migrated out (%s)", cid, outcome.value)
         if leave_timeout is not None and main.session is not None:
-            await _leave(main.session, leave_timeout)
+            await _leave(main.session, leave_timeout, close_session)
 
     async with trio.open_nursery() as nursery:
         for cid, main in mains.items():

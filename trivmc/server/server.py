@@ -206,6 +206,7 @@ class Server:
             channel_step=channel_step,
             step_timeout=step_timeout,
             leave_timeout=leave_timeout,
+            close_session=self.sessions.remove,
             counts=self.runner.migrations_out,
         )
 
