@@ -35,6 +35,7 @@ from trivmc.protocol import (
     MsgVmc,
 )
 from trivmc.server import MigrationOutcome, Server, ServerConfig
+from trivmc.server.metrics import ServerCollector
 
 from .conftest import Peer
 from .test_migration_e2e import settle
@@ -184,6 +185,14 @@ async def test_fallbacks_switch_host_end_and_late_answers() -> None:
             MigrationOutcome.SEMI_SEAMLESS: 1,
             MigrationOutcome.FAILED: 1,
         }
+        samples = {
+            (sample.name, tuple(sample.labels.values())): sample.value
+            for family in ServerCollector(a).collect()
+            for sample in family.samples
+        }
+        for outcome, count in (("seamless", 0), ("semi-seamless", 1), ("failed", 1), ("none", 1)):
+            assert samples[("trivmc_migrations_out_total", (outcome,))] == count
+        assert samples[("trivmc_migrations_in_total", ("seamless",))] == 0
         for peer in (plain, semi, mute):
             await peer.stream.aclose()
         await settle(lambda: not len(a.sessions))
