@@ -67,6 +67,9 @@ class Server:
         self.runner = ChannelRunner(
             self.config, self.registry, self.sessions, self.policy, self.events, lambda: self.auth
         )
+        # sessions moved here (by path) and away (`migrate_sessions`, by outcome)
+        self.migrations_in = self.runner.migrations_in
+        self.migrations_out = self.runner.migrations_out
         self.connections = 0
         self.tls_failures = 0
         self.tls_addresses: list[object] = []
@@ -162,17 +165,14 @@ class Server:
 
     def main_clients_of(self, connection_id: int) -> MainChannelClient | None:
         """The live main channel of session `connection_id`, if any."""
-        for client in self.main_clients:
-            if client.session_id == connection_id:
-                return client
-        return None
+        return next((m for m in self.main_clients if m.session_id == connection_id), None)
 
     def session_channels(self, connection_id: int) -> list[VmcChannel]:
         """The hosted channels whose client belongs to session `connection_id`."""
         return [
-            ch
-            for ch in self.channels.values()
-            if ch.client is not None and ch.client.connection_id == connection_id
+            c
+            for c in self.channels.values()
+            if c.client and c.client.connection_id == connection_id
         ]
 
     async def migrate_sessions(
@@ -184,20 +184,10 @@ class Server:
         step_timeout: float = STEP_TIMEOUT,
         leave_timeout: float | None = LEAVE_TIMEOUT,
     ) -> dict[int, MigrationOutcome]:
-        """Move every live session's client to the server at `dst`, as spice-server:
-        MIGRATE_BEGIN(_SEAMLESS) to each, their answers awaited at most
-        `connect_timeout` s, then per session MIGRATE + MIGRATE_DATA on main and (by
-        `channel_step`, default `VmcChannel.migrate_client` and its `migrated`) on its
-        VMC channels, or MIGRATE_END, or MIGRATE_SWITCH_HOST; each session's part is
-        bounded by `step_timeout` s; then each client has `leave_timeout` s to close
-        its connections before its session is closed (None: left open). Returns how
-        each session moved (connection id → outcome; FAILED and NONE got
-        SWITCH_HOST), counted in `migrations_out`."""
-        mains = {
-            s.connection_id: m
-            for s in self.sessions
-            if (m := self.main_clients_of(s.connection_id))
-        }
+        """Move every live session's client to `dst` (`migration_main.migrate_sessions`,
+        docs/migration.md); how each moved, by connection id, also counted in
+        `migrations_out` (FAILED and NONE got SWITCH_HOST)."""
+        mains = {m.session_id: m for m in self.main_clients if self.sessions.get(m.session_id)}
         return await migrate_sessions(
             mains,
             self.session_channels,
@@ -209,16 +199,6 @@ class Server:
             close_session=self.sessions.remove,
             counts=self.runner.migrations_out,
         )
-
-    @property
-    def migrations_in(self) -> Counter[MigrationOutcome]:
-        """Sessions moved here, by path (SEAMLESS, SEMI_SEAMLESS)."""
-        return self.runner.migrations_in
-
-    @property
-    def migrations_out(self) -> Counter[MigrationOutcome]:
-        """Sessions moved away by `migrate_sessions`, by outcome."""
-        return self.runner.migrations_out
 
     # ---- counters ----------------------------------------------------------------
 
