@@ -115,7 +115,7 @@ async def test_two_servers_hand_the_pending_writes_over_exactly_once_in_order() 
         await src_port.send(MsgcCommon.MIGRATE_FLUSH_MARK)
         (data,) = await src_port.receive()
         assert data.type == MsgCommon.MIGRATE_DATA
-        await tgt_port.send(MsgcCommon.MIGRATE_DATA, data.body)
+        await tgt_port.send(MsgcCommon.MIGRATE_DATA, bytes(data.body))
         for chunk in after:
             await tgt_port.send(MsgcVmc.DATA, chunk)
         total += sum(map(len, after))
