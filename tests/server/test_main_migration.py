@@ -211,6 +211,28 @@ async def test_a_client_that_stays_after_the_move_is_disconnected() -> None:
         assert switch.type == MsgMain.MIGRATE_SWITCH_HOST
 
 
+async def test_a_client_gone_before_its_flush_mark_does_not_hold_the_move() -> None:
+    a = Server(config())
+    async with a as a_addrs:
+        peer, sid = await main_link(a_addrs[0], SEAMLESS_CAPS)
+        dst = MigrationDstInfo(5900, 0, b"example.invalid")
+
+        async def client() -> None:
+            (begin,) = await peer.receive()
+            assert begin.type == MsgMain.MIGRATE_BEGIN_SEAMLESS
+            await peer.send(MsgcMain.MIGRATE_CONNECTED_SEAMLESS)
+            (mig,) = await peer.receive()
+            assert mig.type == MsgCommon.MIGRATE
+            await peer.stream.aclose()  # gone instead of the flush mark
+
+        with trio.fail_after(5):  # far below step_timeout and leave_timeout
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client)
+                outcomes = await a.migrate_sessions(dst, connect_timeout=5)
+        assert outcomes == {sid: MigrationOutcome.SEAMLESS}
+        assert not len(a.sessions)
+
+
 async def test_cancel_after_connected() -> None:
     a = Server(config())
     async with a as a_addrs:
