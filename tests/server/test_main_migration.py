@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 import trio
 import trio.testing
 
@@ -249,6 +250,8 @@ async def test_cancel_after_connected() -> None:
         main.cancel_migration()
         (cancel,) = await peer.receive()
         assert cancel.type == MsgMain.MIGRATE_CANCEL
+        with pytest.raises(RuntimeError, match="no migration to complete"):
+            await main.complete_migration()
         await peer.stream.aclose()
         await settle(lambda: not len(a.sessions))
 

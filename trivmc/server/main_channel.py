@@ -108,6 +108,7 @@ class MainChannelClient(ChannelClient):
         self._mig_outcome: MigrationOutcome | None = None
         self._mig_answered = trio.Event()
         self._flush_marked = trio.Event()  # also set when run() ends
+        self._ended = False  # run() ended
         self.migrated_out = False  # complete_migration sent its last message
 
     @property
@@ -130,6 +131,7 @@ class MainChannelClient(ChannelClient):
         try:
             await super().run(initial)
         finally:
+            self._ended = True
             self._flush_marked.set()
             self._mig_answered.set()
 
@@ -217,6 +219,9 @@ class MainChannelClient(ChannelClient):
         self._mig_answered = trio.Event()
         self._mig_outcome = None
         self._mig_waiting = True
+        if self._ended:
+            self._answered(MigrationOutcome.FAILED)
+            return
         if has_cap(caps, MainCap.SEAMLESS_MIGRATE) and has_cap(
             caps, MainCap.AGENT_CONNECTED_TOKENS
         ):
@@ -275,10 +280,10 @@ class MainChannelClient(ChannelClient):
         handed over), then MIGRATE_DATA (MNMD, no agent), queued when this returns;
         semi-seamless → MIGRATE_END; otherwise (no answer yet counts as FAILED) →
         MIGRATE_SWITCH_HOST. BrokenResourceError if the connection ends before the
-        flush mark."""
+        flush mark; RuntimeError without `begin_migration`, or a second time."""
         dst = self.migration_dst
-        if dst is None:
-            raise RuntimeError(f"{self.name}: no migration begun")
+        if dst is None or self.migrated_out:
+            raise RuntimeError(f"{self.name}: no migration to complete")
         if self._mig_waiting:
             self._answered(MigrationOutcome.FAILED)
         outcome = self._mig_outcome
