@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from trivmc.protocol import ChannelType, LinkError, LinkMess, VmcCap, caps_to_words
+from trivmc.protocol import ChannelType, LinkError, LinkMess, MainCap, VmcCap, caps_to_words
 from trivmc.server.config import ServerConfig
 from trivmc.server.link_policy import ChannelKey, LinkPolicy
 
@@ -91,7 +91,10 @@ def test_caps_and_lz4() -> None:
     p = policy()
     assert p.caps_for(mess(ChannelType.PORT), PLAIN) == [VmcCap.DATA_COMPRESS_LZ4]
     assert p.caps_for(mess(ChannelType.PORT), WS) == []  # no LZ4 over WebSocket
-    assert p.caps_for(mess(ChannelType.MAIN), PLAIN) == []
+    assert p.caps_for(mess(ChannelType.MAIN), PLAIN) == [
+        MainCap.SEMI_SEAMLESS_MIGRATE,
+        MainCap.SEAMLESS_MIGRATE,
+    ]
     assert p.client_lz4(mess(ChannelType.PORT, lz4=True), PLAIN)
     assert not p.client_lz4(mess(ChannelType.PORT, lz4=True), WS)
     assert not p.client_lz4(mess(ChannelType.PORT), PLAIN)

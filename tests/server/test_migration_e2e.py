@@ -17,8 +17,10 @@ from trivmc.protocol import (
     ClientLink,
     LinkReplyReceived,
     MainInit,
+    MainMigrateDstDoSeamless,
     Message,
     MsgcCommon,
+    MsgcMain,
     MsgCommon,
     MsgcVmc,
     MsgMain,
@@ -63,6 +65,15 @@ async def main_link(address: object, conn_id: int = 0) -> tuple[Peer, int]:
     return peer, MainInit.decode(init.body).session_id
 
 
+async def target_main_link(address: object, conn_id: int) -> Peer:
+    """A migration target's main channel: no MAIN_INIT; DST_DO_SEAMLESS acknowledged."""
+    peer = await link(address, ChannelType.MAIN, conn_id)
+    await peer.send(MsgcMain.MIGRATE_DST_DO_SEAMLESS, MainMigrateDstDoSeamless(1).encode())
+    (ack,) = await peer.receive()
+    assert ack.type == MsgMain.MIGRATE_DST_SEAMLESS_ACK
+    return peer
+
+
 async def port_link(address: object, session_id: int) -> Peer:
     peer = await link(address, ChannelType.PORT, session_id)
     (init,) = await peer.receive()
@@ -93,8 +104,8 @@ async def test_two_servers_hand_the_pending_writes_over_exactly_once_in_order() 
 
         # the target is told to expect this session; the client links there
         target.expect_migration(sid)
-        tgt_main, tgt_sid = await main_link(tgt_addrs[0], sid)
-        assert tgt_sid == sid
+        tgt_main = await target_main_link(tgt_addrs[0], sid)
+        assert target.sessions.get(sid) is not None
         tgt_port = await port_link(tgt_addrs[0], sid)
 
         # the move: MIGRATE, the flush mark, MIGRATE_DATA forwarded to the target
@@ -104,7 +115,7 @@ async def test_two_servers_hand_the_pending_writes_over_exactly_once_in_order() 
         await src_port.send(MsgcCommon.MIGRATE_FLUSH_MARK)
         (data,) = await src_port.receive()
         assert data.type == MsgCommon.MIGRATE_DATA
-        await tgt_port.send(MsgcCommon.MIGRATE_DATA, data.body)
+        await tgt_port.send(MsgcCommon.MIGRATE_DATA, bytes(data.body))
         for chunk in after:
             await tgt_port.send(MsgcVmc.DATA, chunk)
         total += sum(map(len, after))
@@ -142,8 +153,9 @@ async def test_only_an_expected_session_id_makes_a_target() -> None:
         await settle(lambda: channel.client is None)
 
         server.expect_migration(0x1234)
-        main, sid = await main_link(addrs[0], 0x1234)
-        assert sid == 0x1234 and not server.sessions.expected
+        main = await target_main_link(addrs[0], 0x1234)
+        sid = 0x1234
+        assert server.sessions.get(sid) is not None and not server.sessions.expected
         port = await port_link(addrs[0], sid)
         await port.send(MsgcVmc.DATA, b"too early")  # a target's port: MIGRATE_DATA first
         assert await port.expect_closed() == []

@@ -115,8 +115,11 @@ from .messages import (
     name_and_uuid,
 )
 from .messages_migration import (
+    MAIN_MIGRATE_DATA_MAX,
+    MAIN_MIGRATE_DATA_SIZE,
     MainMigrateBegin,
     MainMigrateBeginSeamless,
+    MainMigrateData,
     MainMigrateDstDoSeamless,
     MainMigrateSwitchHost,
     MigrationDstInfo,
@@ -137,6 +140,8 @@ __all__ = [
     "LINK_MESS_SIZE",
     "LINK_REPLY_SIZE",
     "LZ4_THRESHOLD",
+    "MAIN_MIGRATE_DATA_MAX",
+    "MAIN_MIGRATE_DATA_SIZE",
     "MAX_LINK_SIZE",
     "MAX_PASSWORD_LENGTH",
     "MINI_HEADER_SIZE",
@@ -174,6 +179,7 @@ __all__ = [
     "MainInit",
     "MainMigrateBegin",
     "MainMigrateBeginSeamless",
+    "MainMigrateData",
     "MainMigrateDstDoSeamless",
     "MainMigrateSwitchHost",
     "MainMouseMode",

@@ -116,3 +116,107 @@ class MainMigrateDstDoSeamless(FixedLayout):
     TYPE: ClassVar[int] = MsgcMain.MIGRATE_DST_DO_SEAMLESS
     _S: ClassVar[struct.Struct] = _VERSION
     src_version: int
+
+
+# ---- the main channel's MIGRATE_DATA body (spice-server's SpiceMigrateDataMain) ----
+
+MAIN_MIGRATE_MAGIC = b"MNMD"  # SPICE_MIGRATE_DATA_MAIN_MAGIC, a little-endian u32
+MAIN_MIGRATE_VERSION = 1  # SPICE_MIGRATE_DATA_MAIN_VERSION
+# header (magic, version); the agent's char device (version, connected, client tokens,
+# send tokens, write_size, write_num_client_tokens, write_data_ptr);
+# client_agent_started; agent2client (chunk_header_size, chunk header port and size,
+# msg_header_done, msg_header_partial_len, msg_header_ptr, msg_remaining,
+# msg_filter_result); client2agent (msg_remaining, msg_filter_result). Packed.
+_MAIN_MD = struct.Struct("<4sI IBIIIII B I II B III B IB")
+MAIN_MIGRATE_DATA_SIZE = _MAIN_MD.size  # 65: 8 of header + sizeof(SpiceMigrateDataMain) 57
+VD_AGENT_MESSAGE_HEADER = 20  # sizeof(VDAgentMessage): a partial one is shorter
+# a body carries at most the fixed part, a partial agent message header and the bytes
+# the source still had to write to its agent; trivmc has no agent, and refuses more
+MAIN_MIGRATE_DATA_MAX = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class MainMigrateData:
+    """The main channel's MIGRATE_DATA body: the guest agent's state (trivmc never has
+    an agent, so it sends `MainMigrateData()`, as spice-server without a vdagent: an
+    empty char device, not connected, zeros). Offsets count from the body's start."""
+
+    version: int = MAIN_MIGRATE_VERSION
+    char_device_version: int = 1
+    agent_connected: int = 0
+    num_client_tokens: int = 0
+    num_send_tokens: int = 0
+    write_size: int = 0
+    write_num_client_tokens: int = 0
+    write_data_ptr: int = 0
+    client_agent_started: int = 0
+    chunk_header_size: int = 0
+    chunk_port: int = 0
+    chunk_size: int = 0
+    msg_header_done: int = 0
+    msg_header_partial_len: int = 0
+    msg_header_ptr: int = 0
+    agent_msg_remaining: int = 0
+    agent_msg_filter_result: int = 0
+    client_msg_remaining: int = 0
+    client_msg_filter_result: int = 0
+
+    def encode(self) -> bytes:
+        """The fixed 65 bytes (no partial agent header, no agent write data)."""
+        return _MAIN_MD.pack(
+            MAIN_MIGRATE_MAGIC,
+            self.version,
+            self.char_device_version,
+            self.agent_connected,
+            self.num_client_tokens,
+            self.num_send_tokens,
+            self.write_size,
+            self.write_num_client_tokens,
+            self.write_data_ptr,
+            self.client_agent_started,
+            self.chunk_header_size,
+            self.chunk_port,
+            self.chunk_size,
+            self.msg_header_done,
+            self.msg_header_partial_len,
+            self.msg_header_ptr,
+            self.agent_msg_remaining,
+            self.agent_msg_filter_result,
+            self.client_msg_remaining,
+            self.client_msg_filter_result,
+        )
+
+    @classmethod
+    def decode(cls, body: Body, max_size: int = MAIN_MIGRATE_DATA_MAX) -> Self:
+        """A migration target's checked decode. Raises `ProtocolError` (its
+        `TruncatedMessage` for a short body) naming what is wrong: a body above
+        `max_size` (checked first), the magic, a version above 1 (MNMD or char device),
+        `connected` not 0 or 1, a partial agent header of a whole header or more, or an
+        agent header or write data that is not inside the body after the fixed part."""
+        name = "main MIGRATE_DATA"
+        if len(body) > max_size:
+            raise ProtocolError(f"{name}: {len(body)} bytes, above the bound {max_size}")
+        _, version, *rest = unpack_fixed(_MAIN_MD, body, name)
+        magic = bytes(body[:4])
+        if magic != MAIN_MIGRATE_MAGIC:
+            raise ProtocolError(f"{name}: bad magic {magic!r}, expected b'MNMD'")
+        if version > MAIN_MIGRATE_VERSION:
+            raise ProtocolError(f"{name}: MNMD version {version} above {MAIN_MIGRATE_VERSION}")
+        data = cls(version, *rest)
+        if data.char_device_version > 1:
+            raise ProtocolError(f"{name}: char-device version {data.char_device_version} above 1")
+        if data.agent_connected not in (0, 1):
+            raise ProtocolError(f"{name}: connected is {data.agent_connected}")
+        if data.msg_header_partial_len >= VD_AGENT_MESSAGE_HEADER:
+            raise ProtocolError(
+                f"{name}: partial agent message header of {data.msg_header_partial_len} bytes"
+            )
+        for what, at, size in (
+            ("partial agent message header", data.msg_header_ptr, data.msg_header_partial_len),
+            ("agent write data", data.write_data_ptr, data.write_size),
+        ):
+            if size and not MAIN_MIGRATE_DATA_SIZE <= at <= len(body) - size:
+                raise ProtocolError(
+                    f"{name}: {what} at {at} ({size} bytes) is outside the {len(body)}-byte body"
+                )
+        return data

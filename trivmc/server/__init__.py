@@ -2,7 +2,7 @@
 
 from .channel import ChannelClient, ChannelOptions
 from .config import ServerConfig
-from .main_channel import MainChannelClient
+from .main_channel import MainChannelClient, MigrationOutcome
 from .server import Server, running_server
 from .session import ServerSession, SessionTable
 from .vmc import VmcChannel, VmcChannelClient
@@ -11,6 +11,7 @@ __all__ = [
     "ChannelClient",
     "ChannelOptions",
     "MainChannelClient",
+    "MigrationOutcome",
     "Server",
     "ServerConfig",
     "ServerSession",

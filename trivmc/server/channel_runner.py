@@ -9,6 +9,7 @@ main channel created is closed with it.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 import trio
@@ -20,7 +21,7 @@ from .connection import ConnInfo
 from .events import EventHub, LinkedChannel
 from .link_driver import LinkedConnection
 from .link_policy import LinkPolicy
-from .main_channel import MainChannelClient
+from .main_channel import MainChannelClient, MigrationOutcome
 from .registry import ChannelRegistry
 from .session import ServerSession, SessionTable
 from .vmc import VmcChannel, VmcChannelClient
@@ -51,6 +52,10 @@ class ChannelRunner:
         self.auth = auth
         self.main_traffic = Traffic()  # of the main channels that ended
         self.main_clients: set[MainChannelClient] = set()  # the live ones
+        # sessions moved here (a target's main took MIGRATE_DATA or MIGRATE_END) and
+        # moved away (`Server.migrate_sessions`), by how
+        self.migrations_in: Counter[MigrationOutcome] = Counter()
+        self.migrations_out: Counter[MigrationOutcome] = Counter()
 
     async def run(self, stream: trio.abc.Stream, linked: LinkedConnection, conn: ConnInfo) -> None:
         """Serve the linked channel; `conn.peer` names it from now on (the connection's
@@ -106,6 +111,8 @@ class ChannelRunner:
             client_caps=linked.mess.channel_caps,
             name=self.config.name,
             uuid=self.config.uuid,
+            session=session,
+            on_migrated_in=self._migrated_in,
         )
         conn.peer += f" (session {session.connection_id:#010x})"
         log.info("%s: linked", conn.peer)
@@ -120,6 +127,9 @@ class ChannelRunner:
             session.announce = None
             self.sessions.remove(session)
 
+    def _migrated_in(self, outcome: MigrationOutcome) -> None:
+        self.migrations_in[outcome] += 1
+
     async def _run_vmc(
         self,
         stream: trio.abc.Stream,
@@ -130,21 +140,26 @@ class ChannelRunner:
         session: ServerSession,
     ) -> None:
         lz4 = self.policy.client_lz4(linked.mess, conn)
-        target = session.takes_migration_data(channel.key)
-        client = VmcChannelClient(
-            stream, opts, channel=channel, peer_lz4=lz4, migration_target=target
-        )
-        client.connection_id = session.connection_id
-        self._initialized(conn, session.connection_id, linked.mess)
-        log.info(
-            "%s: linked (client lz4: %s)%s",
-            conn.peer,
-            "yes" if lz4 else "no",
-            " as a migration target" if target else "",
-        )
         with trio.CancelScope() as scope:
             session.join(scope)
             try:
+                if not session.resolved.is_set():
+                    # spice-server's pending links of a migration target: held, unread,
+                    # until main says seamless or semi-seamless (docs/migration.md)
+                    log.info("%s: held until the client's migration path is known", conn.peer)
+                    await session.resolved.wait()
+                target = session.takes_migration_data(channel.key)
+                client = VmcChannelClient(
+                    stream, opts, channel=channel, peer_lz4=lz4, migration_target=target
+                )
+                client.connection_id = session.connection_id
+                self._initialized(conn, session.connection_id, linked.mess)
+                log.info(
+                    "%s: linked (client lz4: %s)%s",
+                    conn.peer,
+                    "yes" if lz4 else "no",
+                    " as a migration target" if target else "",
+                )
                 await channel.serve_client(client, linked.trailing)
             finally:
                 session.leave(scope)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..protocol import VMC_CHANNEL_TYPES, ChannelType, LinkError, LinkMess, VmcCap
+from ..protocol import VMC_CHANNEL_TYPES, ChannelType, LinkError, LinkMess, MainCap, VmcCap
 from .config import ServerConfig
 
 ChannelKey = tuple[int, int]  # (channel type, channel id)
@@ -74,9 +74,11 @@ class LinkPolicy:
 
     def caps_for(self, mess: LinkMess, via: Via) -> list[int]:
         """The channel capabilities of the link reply: DATA_COMPRESS_LZ4 on a VMC
-        channel unless over WebSocket; none on main."""
+        channel unless over WebSocket; SEMI_SEAMLESS_MIGRATE and SEAMLESS_MIGRATE on
+        main (as spice-server: a client asks a destination for a seamless move only
+        when it has the latter)."""
         if mess.channel_type not in VMC_CHANNEL_TYPES:
-            return []
+            return [MainCap.SEMI_SEAMLESS_MIGRATE, MainCap.SEAMLESS_MIGRATE]
         return vmc_channel_caps(lz4=not via.websocket)
 
     def client_lz4(self, mess: LinkMess, via: Via) -> bool:

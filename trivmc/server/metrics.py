@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from ..protocol import VMC_CHANNEL_TYPES, ChannelType, LinkError
 from .accept import accept_loop
+from .main_channel import MigrationOutcome
 from .server import Server
 from .sockets import close_quietly, format_address, listen_tcp
 
@@ -91,6 +92,20 @@ class ServerCollector:
         yield CounterMetricFamily(
             "trivmc_sessions_created", "Sessions created.", value=s.sessions.created
         )
+        moved_out = CounterMetricFamily(
+            "trivmc_migrations_out",
+            "Sessions moved to another server, by how (failed and none: SWITCH_HOST).",
+            labels=["outcome"],
+        )
+        moved_in = CounterMetricFamily(
+            "trivmc_migrations_in", "Sessions moved here from another server.", labels=["path"]
+        )
+        for outcome in MigrationOutcome:
+            moved_out.add_metric([outcome.value], s.migrations_out[outcome])
+        for outcome in (MigrationOutcome.SEAMLESS, MigrationOutcome.SEMI_SEAMLESS):
+            moved_in.add_metric([outcome.value], s.migrations_in[outcome])
+        yield moved_out
+        yield moved_in
 
     def _channel_metrics(self) -> Iterator[Metric]:
         s = self.server

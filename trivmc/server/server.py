@@ -14,12 +14,12 @@ import functools
 import logging
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
 from ..backends import Backend
-from ..protocol import ChannelType, LinkError, check_password
+from ..protocol import ChannelType, LinkError, MigrationDstInfo, check_password
 from .accept import accept_loop, raise_fd_limit
 from .admission import PendingLink, PendingLinks, source_key
 from .channel import Traffic
@@ -33,7 +33,8 @@ from .keypool import KeyPool
 from .keys import KeyMaker
 from .link_driver import LinkDriver
 from .link_policy import ChannelKey, LinkPolicy
-from .main_channel import MainChannelClient
+from .main_channel import MainChannelClient, MigrationOutcome
+from .migration_main import LEAVE_TIMEOUT, STEP_TIMEOUT, migrate_sessions
 from .registry import ChannelRegistry
 from .session import SessionTable
 from .sockets import close_quietly, format_address, open_listeners
@@ -66,6 +67,9 @@ class Server:
         self.runner = ChannelRunner(
             self.config, self.registry, self.sessions, self.policy, self.events, lambda: self.auth
         )
+        # sessions moved here (by path) and away (`migrate_sessions`, by outcome)
+        self.migrations_in = self.runner.migrations_in
+        self.migrations_out = self.runner.migrations_out
         self.connections = 0
         self.tls_failures = 0
         self.tls_addresses: list[object] = []
@@ -164,6 +168,45 @@ class Server:
         VMC channel in that session takes the source's MIGRATE_DATA before any DATA
         (docs/migration.md). ValueError unless a non-zero u32."""
         self.sessions.expect(connection_id)
+
+    # ---- migration: this server as a source (main_channel.py, migration_main.py) ----
+
+    def main_clients_of(self, connection_id: int) -> MainChannelClient | None:
+        """The live main channel of session `connection_id`, if any."""
+        return next((m for m in self.main_clients if m.session_id == connection_id), None)
+
+    def session_channels(self, connection_id: int) -> list[VmcChannel]:
+        """The hosted channels whose client belongs to session `connection_id`."""
+        return [
+            c
+            for c in self.channels.values()
+            if c.client and c.client.connection_id == connection_id
+        ]
+
+    async def migrate_sessions(
+        self,
+        dst: MigrationDstInfo,
+        *,
+        connect_timeout: float,
+        channel_step: Callable[[VmcChannel], Awaitable[None]] | None = None,
+        step_timeout: float = STEP_TIMEOUT,
+        leave_timeout: float | None = LEAVE_TIMEOUT,
+    ) -> dict[int, MigrationOutcome]:
+        """Move every live session's client to `dst` (`migration_main.migrate_sessions`,
+        docs/migration.md); how each moved, by connection id, also counted in
+        `migrations_out` (FAILED and NONE got SWITCH_HOST)."""
+        mains = {m.session_id: m for m in self.main_clients if self.sessions.get(m.session_id)}
+        return await migrate_sessions(
+            mains,
+            self.session_channels,
+            dst,
+            connect_timeout=connect_timeout,
+            channel_step=channel_step,
+            step_timeout=step_timeout,
+            leave_timeout=leave_timeout,
+            close_session=self.sessions.remove,
+            counts=self.runner.migrations_out,
+        )
 
     # ---- counters ----------------------------------------------------------------
 

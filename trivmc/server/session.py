@@ -21,11 +21,18 @@ class ServerSession:
 
     def __init__(self, connection_id: int, migration_target: bool = False) -> None:
         self.connection_id = connection_id
-        # a migration target: the first link of each VMC channel awaits MIGRATE_DATA
+        # a migration target: its VMC links wait (`resolved`) until the client's main
+        # channel said how it moves: seamless (the first link of each VMC channel then
+        # awaits MIGRATE_DATA) or semi-seamless (MIGRATE_END: ordinary links)
         self.migration_target = migration_target
+        self.seamless = False
+        self.resolved = trio.Event()
+        if not migration_target:
+            self.resolved.set()
         self._migrated_keys: set[tuple[int, int]] = set()
         self.scope = trio.CancelScope()
         self.alive = True
+        self.ended = trio.Event()  # set by close()
         self.channel_scopes: set[trio.CancelScope] = set()
         # tells the client of channels that appeared (MSG_MAIN_CHANNELS_LIST); set by
         # the main channel once it runs
@@ -40,10 +47,19 @@ class ServerSession:
     def leave(self, scope: trio.CancelScope) -> None:
         self.channel_scopes.discard(scope)
 
+    def resolve(self, seamless: bool) -> None:
+        """The migration target's client said how it moves (main's DST_DO_SEAMLESS
+        acknowledged, or MIGRATE_END): the VMC links held until now go on. Once."""
+        if self.resolved.is_set():
+            raise RuntimeError(f"session {self.connection_id:#010x}: already resolved")
+        self.seamless = seamless
+        self.resolved.set()
+
     def takes_migration_data(self, key: tuple[int, int]) -> bool:
-        """True for the first link of channel `key` in a migration target session (it
-        carries the source's state); later links of it are ordinary ones."""
-        if not self.migration_target or key in self._migrated_keys:
+        """True for the first link of channel `key` in a seamless migration target
+        session (it carries the source's state); later links of it, and every link of
+        a semi-seamless target, are ordinary ones."""
+        if not self.seamless or key in self._migrated_keys:
             return False
         self._migrated_keys.add(key)
         return True
@@ -51,6 +67,7 @@ class ServerSession:
     def close(self) -> None:
         """Close the session: its main channel and every channel that joined it."""
         self.alive = False
+        self.ended.set()
         self.scope.cancel()
         for scope in self.channel_scopes:
             scope.cancel()
