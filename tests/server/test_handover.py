@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -102,15 +103,20 @@ async def test_handover_keeps_the_qemu_connection_and_the_listener(tmp_path: Pat
 
 
 class EchoDevice:
-    """A peer that echoes what it receives; records connections and closes."""
+    """A peer that echoes what it receives; records connections and closes. While
+    `reading` is clear it reads nothing (the bytes for it pile up upstream)."""
 
     def __init__(self) -> None:
         self.connections = 0
         self.closed = 0
         self.received = 0
         self.port = 0
+        self.reading = trio.Event()
+        self.reading.set()
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listener.socket.getsockname()[1]
         task_status.started()
@@ -118,23 +124,32 @@ class EchoDevice:
 
     async def _conn(self, stream: trio.SocketStream) -> None:
         self.connections += 1
-        while data := await stream.receive_some():
+        while True:
+            await self.reading.wait()
+            data = await stream.receive_some(4096)
+            if not data:
+                break
             self.received += len(data)
             await stream.send_all(data)
         self.closed += 1
 
 
-async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device_stalls", [False, True])
+async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(
+    tmp_path: Path, device_stalls: bool
+) -> None:
     """A trivmc client keeps writing to a port whose backend echoes through a
     per-session connection; the handover happens in the middle. Everything written
-    comes back exactly once and in order, through the same device connection."""
+    comes back exactly once and in order, through the same device connection. With
+    `device_stalls` the device reads nothing during the handover: bytes pile up in the
+    old server's backend (passed with the socket, unsent) and device queue (carried
+    by the client's MIGRATE_DATA)."""
     device = EchoDevice()
     old, new = Server(config()), Server(config())
-    chunks = [bytes([65 + i % 26]) * (1000 + i) for i in range(300)]
-    sent = b"".join(chunks)
+    sent = bytearray()
     async with trio.open_nursery() as nursery:
         await nursery.start(device.serve)
-        old.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
+        old_channel = old.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
         new_channel = new.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
         (address,) = await nursery.start(old.serve)
         sock = await listen_for_handover(str(tmp_path / "handover"))
@@ -148,18 +163,27 @@ async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(tmp_path: P
         async with connect(f"spice://{address[0]}:{address[1]}") as session:
             ch = await session.open_port(PORT)
             got = bytearray()
-            half = trio.Event()
+            started, finish, finished = trio.Event(), trio.Event(), trio.Event()
 
             async def write() -> None:
-                for i, chunk in enumerate(chunks):
+                """Chunks of growing size, each byte its chunk number mod 251, until
+                100 chunks after `finish`."""
+                i, last = 0, -1
+                while last < 0 or i < last:
+                    if finish.is_set() and last < 0:
+                        last = i + 100
+                    chunk = bytes([i % 251]) * (1000 + i % 3000)
                     await ch.send_all(chunk)
-                    if i == len(chunks) // 3:
-                        half.set()
+                    sent.extend(chunk)
+                    i += 1
+                    if i == 100:
+                        started.set()
                     await trio.sleep(0)
+                finished.set()
 
             async def read() -> None:
-                with trio.fail_after(30):
-                    while len(got) < len(sent):
+                with trio.fail_after(60):
+                    while not finished.is_set() or len(got) < len(sent):
                         data = await ch.receive_some()
                         assert data, f"closed after {len(got)} bytes"
                         got.extend(data)
@@ -167,14 +191,21 @@ async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(tmp_path: P
             async with trio.open_nursery() as inner:
                 inner.start_soon(write)
                 inner.start_soon(read)
-                await half.wait()
+                await started.wait()
+                if device_stalls:  # until the kernel's buffers are full, then ours fill
+                    device.reading = trio.Event()
+                    await settle(lambda: old_channel.device.buffered_bytes > 0)
                 inner.start_soon(take_over)
-                report = await hand_over(old, str(tmp_path / "handover"))
-            assert bytes(got) == sent
+                report = await hand_over(old, str(tmp_path / "handover"), drain=0.05)
+                device.reading.set()
+                finish.set()
+            assert got == sent
             assert report.outcomes == {session.session_id: "seamless"}
             assert report.peers == 1
             assert device.connections == 1 and device.closed == 0
             assert device.received == len(sent)
             assert new_channel.clients_served == 1
-            print(f"handover: {report.as_dict()}")
+            if device_stalls:  # there were bytes in flight, and they moved
+                assert report.unsent_bytes > 0 and report.migrated_bytes > 0
+            print(f"handover: {report.as_dict()}, {len(sent)} bytes each way")
         nursery.cancel_scope.cancel()

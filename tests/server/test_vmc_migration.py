@@ -232,9 +232,9 @@ BAD = [
     (svmd(b"abc", version=2), "SVMD version 2"),
     (svmd(b"abc", chardev_version=7), "char-device version 7"),
     (svmd(b"abc", connected=0), "connected is 0"),
-    (svmd(b"abc", write_size=129), "above the bound 128"),
-    (svmd(b"abc", write_size=0xFFFFFFFF), "above the bound 128"),
-    (svmd(b"x" * 200), "declares 233 bytes, bound 161"),
+    (svmd(b"abc", write_size=193), "above the bound 192"),
+    (svmd(b"abc", write_size=0xFFFFFFFF), "above the bound 192"),
+    (svmd(b"x" * 200), "declares 233 bytes, bound 225"),
     (svmd(b"abc", write_data_ptr=8), "inside the 33-byte header"),
     (svmd(b"abc", write_size=4), "does not end"),
     (svmd(b"abc", write_data_ptr=0xFFFFFFF0), "does not end"),
@@ -273,19 +273,20 @@ async def test_bad_migration_data_closes_that_channel_only(
 async def test_the_target_takes_all_a_source_device_may_hold(
     memory_channel: MemoryChannel, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """A source holds up to its byte budget plus one message: the target takes a
-    MIGRATE_DATA that large even though it is above max_message."""
+    """A source holds up to its byte budget plus one message, and what was in flight
+    when MIGRATE went out (one more): the target takes a MIGRATE_DATA that large even
+    though it is above max_message."""
     backend = GateBackend()
     t = Side(memory_channel, backend, target=True, byte_budget=64, max_message=64)
     async with trio.open_nursery() as nursery:
         await t.start(nursery)
-        await t.peer.send(MsgcCommon.MIGRATE_DATA, svmd(b"m" * 128))
+        await t.peer.send(MsgcCommon.MIGRATE_DATA, svmd(b"m" * 192))
         await t.peer.send(MsgcVmc.DATA, b"n" * 64)
-        await until(lambda: len(backend.data) == 192)
+        await until(lambda: len(backend.data) == 256)
         await t.peer.send(MsgcVmc.DATA, b"n" * 65)  # max_message holds for DATA
         await t.done.wait()
         nursery.cancel_scope.cancel()
-    assert bytes(backend.data) == b"m" * 128 + b"n" * 64
+    assert bytes(backend.data) == b"m" * 192 + b"n" * 64
     assert t.error is not None and "declares 65 bytes, bound 64" in str(t.error)
 
 

@@ -96,6 +96,9 @@ class SpiceChardev:
         self._wakeup: Callable[[], None] = _nothing  # the device's, once attached
         self._wakeup_writable: Callable[[], None] = _nothing
         self._connected = AsyncBool(False)  # a client is attached (QEMU's be_open)
+        # the same as a plain bool, read per chunk (`connected`, `chr_write`): an
+        # AsyncBool's value is two property calls, the top of the device→client samples
+        self.connected = False
         self._pending: deque[DeviceData] = deque()
         self._pending_size = 0  # plain: chr_write() and read() change it per message
         self._full = Level(False)  # chr_write() refused: send() waits (per chunk: Level)
@@ -105,11 +108,6 @@ class SpiceChardev:
         the backend's data and room wake it from now on."""
         self._wakeup = device.wakeup
         self._wakeup_writable = device.wakeup_writable
-
-    @property
-    def connected(self) -> bool:
-        """A client is attached (QEMU's be_open, set through `state()`)."""
-        return self._connected.value
 
     # ---- DeviceInstance (called by the CharDevice) ---------------------------
 
@@ -165,12 +163,13 @@ class SpiceChardev:
 
     def pending_room(self) -> int:
         """How many more bytes `chr_write` takes now (0 while no client or full)."""
-        return max(0, PENDING_LIMIT - self._pending_size) if self._connected.value else 0
+        return max(0, PENDING_LIMIT - self._pending_size) if self.connected else 0
 
     def state(self, connected: bool) -> None:
         """vmc_state: OPENED / CLOSED to the backend, once per change."""
-        if connected == self._connected.value:
+        if connected == self.connected:
             return
+        self.connected = connected  # (`connected`: a client is attached, QEMU's be_open)
         self._connected.value = connected
         if not connected:
             # QEMU drops guest output while no client is connected
@@ -194,7 +193,7 @@ class SpiceChardev:
     def chr_write(self, data: bytes | bytearray | memoryview) -> int:
         """spice_chr_write: how many bytes of `data` were taken (all when discarded,
         none while the pending data is at its limit)."""
-        if not self._connected.value:
+        if not self.connected:
             log.debug("no client: discarding %d bytes", len(data))
             return len(data)
         if self._pending_size >= PENDING_LIMIT:
@@ -222,7 +221,7 @@ class SpiceChardev:
         the backend handed over reaches the client before MIGRATE), or the client left
         (its pending bytes are dropped then, as QEMU does). Used only once the backend
         stopped handing data over: it marks the frontend full while it waits."""
-        while self._pending and self._connected.value:
+        while self._pending and self.connected:
             self._full.set(True)  # read() clears it once nothing is pending
             await self._full.wait(False)
 
@@ -253,6 +252,6 @@ class SpiceChardev:
             raise ValueError(f"a port event is one byte (0-255), not {event}")
         if self.subtype is DeviceSubtype.USBREDIR:
             return
-        if self.recorder is not None and self._connected.value:
+        if self.recorder is not None and self.connected:
             self.recorder.event(_TO_CLIENT, event)
         self._on_port_event(event)

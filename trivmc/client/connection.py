@@ -32,6 +32,9 @@ from .errors import SpiceLinkError
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 16 * 1024 * 1024
+# a source server's MIGRATE_DATA carries its device's queue: trivmc's holds up to its
+# byte budget (4 MiB) plus two messages (docs/migration.md), spice-server's is unbounded
+MAX_MIGRATE_DATA = 64 * 1024 * 1024
 RECEIVE_SIZE = 256 * 1024
 _MIGRATION_MESSAGES = (MsgCommon.MIGRATE, MsgCommon.MIGRATE_DATA)
 
@@ -161,6 +164,8 @@ class MessageConnection:
         )
         self.encoder = self.conn.encoder
         self.decoder = self.conn.decoder
+        limit = max(max_message, MAX_MIGRATE_DATA)
+        self.decoder.size_limit = lambda t: limit if t == MsgCommon.MIGRATE_DATA else max_message
         self._pending: deque[Message] = deque(self.decoder.feed(linked.trailing))
         self._send_lock = trio.Lock()
 

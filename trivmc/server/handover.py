@@ -239,9 +239,12 @@ async def hand_over(
         await handover.hello()
         if list(server.sessions):
             outcomes = await server.migrate_sessions(
-                dst, connect_timeout=connect_timeout, channel_step=handover.move_channel
+                dst,
+                connect_timeout=connect_timeout,
+                channel_step=handover.move_channel,
+                leave_timeout=None,  # (this server stops after the handover)
             )
-            handover.report.outcomes = {cid: str(o) for cid, o in outcomes.items()}
+            handover.report.outcomes = {cid: o.value for cid, o in outcomes.items()}
         await handover.finish()
     finally:
         fd.close()

@@ -38,29 +38,24 @@ from ..chardev.interface import DeviceData
 from ..chardev.migration import MigratableCharDevice
 from ..protocol import (
     COMPRESSED_HEAD_SIZE,
-    SVMD_HEADER_SIZE,
     ChannelType,
-    MigrateFlags,
-    MsgCommon,
     MsgcVmc,
     MsgVmc,
     PortEventMsg,
     PortInit,
-    VmcMigrateDataHeader,
-    check_vmc_migrate_data,
     decompress_body,
     vmc_payload,
 )
 from ..protocol.messages import Body
-from .channel import ChannelClient, ChannelOptions, Traffic, UnknownMessage
+from .channel import ChannelOptions, Traffic, UnknownMessage
+from .vmc_migration import MigratingClient
 
 log = logging.getLogger(__name__)
 
 WEBDAV_PORT_NAME = "org.spice-space.webdav.0"
-NO_FLOW_CONTROL = 0xFFFFFFFF  # SVMD's token counts for a client without flow control (~0)
 
 
-class VmcChannelClient(ChannelClient):
+class VmcChannelClient(MigratingClient):
     """The client of one VMC channel; implements the char device's DeviceClient."""
 
     def __init__(
@@ -72,22 +67,11 @@ class VmcChannelClient(ChannelClient):
         peer_lz4: bool,
         migration_target: bool = False,
     ) -> None:
-        super().__init__(stream, opts)
+        super().__init__(stream, opts, channel=channel, migration_target=migration_target)
         self.channel = channel
         self.peer_lz4 = peer_lz4
         self.max_decompressed = self.decoder.max_size
         self.connection_id = 0  # its session's
-        # the hot path (`handle_now`) is off while the common rules must see every
-        # message: on a target until MIGRATE_DATA, on a source after the flush mark
-        self._hot = not migration_target
-        self.migration_target = migration_target
-        self.migrated = trio.Event()  # MIGRATE_DATA sent (source) or restored (target)
-        self.migrated_bytes = 0  # the pending write bytes it carried
-        # a source device holds at most its budget plus one message (get_write_buffer):
-        # all of it may come in MIGRATE_DATA, whatever max_message says
-        self.max_migrated = channel.device.byte_budget + self.decoder.max_size
-        if migration_target:
-            self.conn.expect_migrate_data(SVMD_HEADER_SIZE + self.max_migrated)
 
     def push_device_data(self, data: DeviceData) -> int | None:
         """Queue device bytes as DATA or COMPRESSED_DATA (the LZ4 rules); return None,
@@ -111,6 +95,10 @@ class VmcChannelClient(ChannelClient):
             return device.try_write(self._decompress(body), len(body) - COMPRESSED_HEAD_SIZE)
         return False
 
+    def restored(self) -> None:
+        if self.channel.client is self:  # (still this channel's client)
+            self.channel.device.attach_client(self)
+
     def _decompress(self, body: Body) -> bytes:
         """The stated size is checked against the bound before anything is allocated."""
         return decompress_body(body, self.max_decompressed)
@@ -118,52 +106,24 @@ class VmcChannelClient(ChannelClient):
     async def handle_message(self, mtype: int, body: Body) -> None:
         device = self.channel.device
         if mtype == MsgcVmc.DATA:
-            device.write_buffer_add(await device.get_write_buffer(body))
+            if not self.holding:
+                with self.budget_wait():  # (MIGRATE going out ends the wait: held)
+                    device.write_buffer_add(await device.get_write_buffer(body))
+                    return
+            await self._hold_for_migration(body)
         elif mtype == MsgcVmc.COMPRESSED_DATA:
             # room in the byte budget first, then the decompressed bytes (counted in it)
             block = len(body) - COMPRESSED_HEAD_SIZE
-            async with device.write_buffer(compressed_size=block) as buf:
-                buf.data = self._decompress(body)
+            if not self.holding:
+                with self.budget_wait():
+                    async with device.write_buffer(compressed_size=block) as buf:
+                        buf.data = self._decompress(body)
+                    return
+            await self._hold_for_migration(self._decompress(body))
         elif mtype == MsgcVmc.PORT_EVENT:
             self.channel.chardev.event(PortEventMsg.decode(body).event)
         else:
             raise UnknownMessage(f"{self.name}: unknown message type {mtype}")
-
-    # ---- migration ---------------------------------------------------------------
-
-    def start_migration(self) -> None:
-        """A source: send MIGRATE (NEED_FLUSH | NEED_DATA_TRANSFER); MIGRATE_DATA
-        follows the client's flush mark (`migrated` is set then)."""
-        self.migrate(MigrateFlags.NEED_FLUSH | MigrateFlags.NEED_DATA_TRANSFER)
-        log.info("%s: migrating: MIGRATE sent", self.name)
-
-    async def on_migrate_flush_mark(self) -> None:
-        """Everything the client sent is in the device's queue: hand what the device
-        has not written to the client as MIGRATE_DATA; the device never writes it."""
-        self._hot = False  # the client sends nothing more: the common rules refuse it
-        pending = self.channel.device.take_pending_writes()
-        header = VmcMigrateDataHeader(
-            True, NO_FLOW_CONTROL, NO_FLOW_CONTROL, len(pending), 0, pending=pending
-        )
-        self.send_large(MsgCommon.MIGRATE_DATA, header.encode())
-        self.migrated_bytes = len(pending)
-        self.migrated.set()
-        log.info("%s: MIGRATE_DATA sent with %d pending bytes", self.name, len(pending))
-
-    async def on_migrate_data(self, body: Body) -> None:
-        """A target: check the source's SVMD (`max_migrated` bounds it before anything
-        is copied) and queue its bytes ahead of the client's next."""
-        device = self.channel.device
-        mig = check_vmc_migrate_data(body, self.max_migrated)
-        device.restore_pending_writes(mig.pending)
-        self.migrated_bytes = len(mig.pending)
-        self._hot = True
-        self.migrated.set()
-        log.info("%s: MIGRATE_DATA restored %d pending bytes", self.name, len(mig.pending))
-        if self.channel.client is self:
-            # device data flows only now, as spice-server's device waits for the
-            # migration data: nothing reaches the client ahead of the switch
-            self.channel.device.attach_client(self)
 
 
 class VmcChannel:
