@@ -181,12 +181,18 @@ async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(
                     await trio.sleep(0)
                 finished.set()
 
+            gaps: list[float] = []  # between two reads: the longest is the move's pause
+
             async def read() -> None:
+                last = trio.current_time()
                 with trio.fail_after(60):
                     while not finished.is_set() or len(got) < len(sent):
                         data = await ch.receive_some()
                         assert data, f"closed after {len(got)} bytes"
                         got.extend(data)
+                        now = trio.current_time()
+                        gaps.append(now - last)
+                        last = now
 
             async with trio.open_nursery() as inner:
                 inner.start_soon(write)
@@ -207,5 +213,8 @@ async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(
             assert new_channel.clients_served == 1
             if device_stalls:  # there were bytes in flight, and they moved
                 assert report.unsent_bytes > 0 and report.migrated_bytes > 0
-            print(f"handover: {report.as_dict()}, {len(sent)} bytes each way")
+            print(
+                f"handover: {report.as_dict()}, {len(sent)} bytes each way,"
+                f" longest pause in the echo {max(gaps) * 1e3:.1f} ms"
+            )
         nursery.cancel_scope.cancel()
