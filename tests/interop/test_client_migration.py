@@ -87,6 +87,9 @@ class QmpTraffic:
         default_factory=lambda: trio.open_memory_channel[bytes](100)
     )
     stop_sending: bool = False
+    answered_at: dict[int, float] = field(default_factory=dict)  # trio time, first answer
+    sent_at: dict[int, float] = field(default_factory=dict)
+    move_started: float = 0.0
 
     def _wake(self) -> None:
         self.changed.set()
@@ -102,6 +105,7 @@ class QmpTraffic:
                 await self.outbox[0].send(b'{"execute": "qmp_capabilities"}\n')
             elif isinstance(line.get("id"), int):
                 self.answers.setdefault(line["id"], []).append(line)
+                self.answered_at.setdefault(line["id"], trio.current_time())
                 if self.first_dst_line is None and self.source_of(line) == "dst":
                     self.first_dst_line = len(self.lines) - 1
             self._wake()
@@ -115,6 +119,7 @@ class QmpTraffic:
         while not self.stop_sending:
             n += 1
             self.sent.append(n)
+            self.sent_at[n] = trio.current_time()
             await self.outbox[0].send(b'{"execute": "query-name", "id": %d}\n' % n)
             await trio.sleep(INTERVAL)  # pacing, not synchronisation
 
@@ -135,6 +140,22 @@ class QmpTraffic:
         lost = [i for i in self.sent if i not in self.answers]
         dup = [i for i, a in self.answers.items() if len(a) > 1]
         refused = [i for i, a in self.answers.items() if all("error" in x for x in a)]
+        src, dst = self.from_("src"), self.from_("dst")
+        timing: dict[str, Any] = {}
+        if src and dst and self.move_started:
+            last_src = max(self.answered_at[i] for i in src)
+            first_dst = min(self.answered_at[i] for i in dst)
+            # commands written after the source's last answer and before the
+            # destination's first: in flight through the move (each answered once?)
+            flight = [i for i in self.sent if last_src <= self.sent_at[i] <= first_dst]
+            timing = {
+                "answers_paused_ms": round((first_dst - last_src) * 1e3, 1),
+                "move_start_to_first_dst_answer_ms": round(
+                    (first_dst - self.move_started) * 1e3, 1
+                ),
+                "in_flight": len(flight),
+                "in_flight_answered_once": sum(len(self.answers.get(i, [])) == 1 for i in flight),
+            }
         return {
             "sent": len(self.sent),
             "src": len(self.from_("src")),
@@ -143,6 +164,7 @@ class QmpTraffic:
             "duplicated": dup,
             "refused_before_capabilities": refused,
             "greetings": self.greetings,
+            **timing,
         }
 
 
@@ -174,6 +196,7 @@ async def run_move(
         nursery.start_soon(traffic.commands)
         await traffic.wait_for(lambda: len(traffic.from_("src")) >= 10)
         moves = session.migrations
+        traffic.move_started = trio.current_time()
         await migrate(pair, dst_spice, pair.migration_port)
         if on_completed is not None:
             on_completed()
@@ -288,6 +311,7 @@ async def test_trivmc_connect_follows_a_move() -> None:
                 await traffic.wait_for(lambda: traffic.greetings == 1)
                 nursery.start_soon(traffic.commands)
                 await traffic.wait_for(lambda: len(traffic.from_("src")) >= 10)
+                traffic.move_started = trio.current_time()
                 await migrate(pair, pair.dst_spice, pair.migration_port)
                 await traffic.wait_for(lambda: len(traffic.from_("dst")) >= AFTER)
                 traffic.stop_sending = True
