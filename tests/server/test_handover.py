@@ -8,6 +8,7 @@ first client of the new server; and that client's bytes reach the same connectio
 from __future__ import annotations
 
 import dataclasses
+import socket
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ from trivmc.backends.stream import TcpConnectBackend
 from trivmc.client import connect
 from trivmc.protocol import ChannelType, MsgcVmc, MsgVmc
 from trivmc.server import Server, ServerConfig
-from trivmc.server.adoption import accept_handover, listen_for_handover
+from trivmc.server.adoption import HandoverRefused, accept_handover, listen_for_handover
 from trivmc.server.handover import hand_over
+from trivmc.transport import fdpass
 
 from .test_migration_e2e import link, main_link, settle
 
@@ -218,3 +220,43 @@ async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(
                 f" longest pause in the echo {max(gaps) * 1e3:.1f} ms"
             )
         nursery.cancel_scope.cancel()
+
+
+async def test_a_handover_to_nobody_fails_and_changes_nothing(tmp_path: Path) -> None:
+    """No server waits at the path: OSError, and the old server goes on accepting."""
+    old = Server(config())
+    async with trio.open_nursery() as nursery:
+        (address,) = await nursery.start(old.serve)
+        try:
+            await hand_over(old, str(tmp_path / "nobody"))
+        except OSError:
+            pass
+        else:
+            raise AssertionError("a handover to nobody succeeded")
+        assert not old.handed_over.is_set()
+        main, session = await main_link(address)  # still accepting
+        assert session
+        await main.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_bad_hello_is_refused_and_closes_what_came_with_it(tmp_path: Path) -> None:
+    """The new server refuses a hello that is not one (HandoverRefused) and closes
+    the descriptors that came with it."""
+    new = Server(config())
+    sock = await listen_for_handover(str(tmp_path / "h"))
+    x, y = socket.socketpair()
+    async with trio.open_nursery() as nursery:
+
+        async def old_side() -> None:
+            fd = await fdpass.connect(str(tmp_path / "h"))
+            await fd.send({"t": "hello", "version": 99, "listeners": [False]}, [x])
+            fd.close()
+
+        nursery.start_soon(old_side)
+        with pytest.raises(HandoverRefused, match="not a handover hello"):
+            await accept_handover(sock, new)
+    y.settimeout(5)
+    x.close()
+    assert y.recv(1) == b""  # the new server's copy of x was closed too: EOF
+    y.close()

@@ -28,6 +28,7 @@ from trivmc.protocol import (
     compress_body,
 )
 from trivmc.server import ChannelOptions, VmcChannel, VmcChannelClient
+from trivmc.server.vmc_migration import MigrationTooLarge
 
 from .conftest import MemoryChannel, Peer
 
@@ -443,3 +444,50 @@ def test_any_move_delivers_every_byte_once_in_order(
         assert src.channel.device.stats.dropped == tgt.channel.device.stats.dropped == 0
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_stalled_source_holds_what_comes_before_the_flush_mark(
+    memory_channel: MemoryChannel, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The device is stalled and its budget full: a DATA waits for room. MIGRATE going
+    out ends the wait; that DATA and every one after it until the flush mark are held
+    and sent after the device's queue, in order, in MIGRATE_DATA; the counters add up."""
+    backend = GateBackend(room=0)
+    s = Side(memory_channel, backend, byte_budget=128, max_message=64)
+    async with trio.open_nursery() as nursery:
+        await s.start(nursery)
+        for i in range(3):  # 2 fill the budget, the third waits
+            await s.peer.send(MsgcVmc.DATA, bytes([65 + i]) * 64)
+        await until(lambda: s.channel.device.buffered_bytes == 128)
+        assert s.channel.migrate_client() is s.client
+        (mig,) = await s.peer.receive()
+        assert mig.type == MsgCommon.MIGRATE
+        await s.peer.send(MsgcVmc.DATA, b"D" * 64)  # sent before the client saw MIGRATE
+        await s.peer.send(MsgcCommon.MIGRATE_FLUSH_MARK)
+        (data,) = await s.peer.receive()
+        nursery.cancel_scope.cancel()
+    header = VmcMigrateDataHeader.decode(data.body)
+    assert header.pending == b"A" * 64 + b"B" * 64 + b"C" * 64 + b"D" * 64
+    stats = s.channel.device.stats
+    assert stats.in_data == stats.migrated_out == 256 and backend.data == b""
+
+
+async def test_a_source_holds_no_more_than_a_target_takes(
+    memory_channel: MemoryChannel, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Past `max_migrated` (budget + 2 messages) the channel ends with a clear error."""
+    backend = GateBackend(room=0)
+    s = Side(memory_channel, backend, byte_budget=128, max_message=64)
+    async with trio.open_nursery() as nursery:
+        await s.start(nursery)
+        assert s.client.max_migrated == 256
+        await s.peer.send(MsgcVmc.DATA, b"A" * 64)
+        await s.peer.send(MsgcVmc.DATA, b"B" * 64)
+        await until(lambda: s.channel.device.buffered_bytes == 128)
+        s.channel.migrate_client()
+        for _ in range(3):  # 128 queued + 2 x 64 held = 256 fits; one more does not
+            await s.peer.send(MsgcVmc.DATA, b"C" * 64)
+        await s.done.wait()
+        nursery.cancel_scope.cancel()
+    assert isinstance(s.error, MigrationTooLarge), s.error
+    assert "more than 256 bytes" in str(s.error)
