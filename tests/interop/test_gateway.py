@@ -8,7 +8,13 @@ import tempfile
 import trio
 
 from .tools import listening_socket, make_iso, qemu, trivmc_serve
-from .usb_cd import REDIR_DEBUG, assert_clean_usbredir_log, redirect_cd_then_detach, replug
+from .usb_cd import (
+    REDIR_DEBUG,
+    assert_clean_usbredir_log,
+    redirect_cd_then_detach,
+    replug,
+    usbredir_vm,
+)
 
 
 async def test_usb_cd_through_trivmc_gateway() -> None:
@@ -16,11 +22,7 @@ async def test_usb_cd_through_trivmc_gateway() -> None:
     port = redir.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         iso = make_iso(tmp)
-        args = [
-            "-machine", "pc", "-device", "qemu-xhci",
-            "-chardev", f"socket,id=ur0,fd={redir.fileno()},server=on,wait=off",
-            "-device", "usb-redir,chardev=ur0,id=redir0",
-        ]  # fmt: skip
+        args = usbredir_vm(redir.fileno())
         async with qemu(args, pass_fds=[redir.fileno()]) as qmp:
             redir.close()
             serve = ("--disable-ticketing", "--usbredir", f"tcp:127.0.0.1:{port}")
@@ -45,11 +47,7 @@ async def test_usbredir_replug_through_trivmc_gateway() -> None:
     log: list[str] = []
     with tempfile.TemporaryDirectory() as tmp, trio.fail_after(60):
         iso = make_iso(tmp)
-        args = [
-            "-machine", "pc", "-device", "qemu-xhci",
-            "-chardev", f"socket,id=ur0,fd={redir.fileno()},server=on,wait=off",
-            "-device", f"usb-redir,chardev=ur0,id=redir0,debug={REDIR_DEBUG}",
-        ]  # fmt: skip
+        args = usbredir_vm(redir.fileno(), debug=REDIR_DEBUG)
         backend = {
             "type": "socket",
             "data": {

@@ -27,6 +27,36 @@ async def wait_usb_speed(qmp: Qmp, speed: str, timeout: float = 30.0) -> float:
             await trio.sleep(0.005)  # QEMU emits no event for a USB attach: poll QMP
 
 
+def usbredir_vm(fd: int, debug: int | None = None) -> list[str]:
+    """QEMU arguments of a small VM with an xHCI controller and `-device usb-redir`
+    (id redir0) on a socket chardev listening on the inherited socket `fd`."""
+    redir = "usb-redir,chardev=ur0,id=redir0" + ("" if debug is None else f",debug={debug}")
+    return [
+        "-machine", "pc", "-device", "qemu-xhci",
+        "-chardev", f"socket,id=ur0,fd={fd},server=on,wait=off",
+        "-device", redir,
+    ]  # fmt: skip
+
+
+async def cd_connected(lines: LineReader) -> float:
+    """Wait for `gtk_client.py usbredir-cd`'s "connected" line (it must say ok);
+    return the seconds spice-gtk took to connect the CD."""
+    while True:
+        ev = json.loads(await lines.readline())
+        if ev.get("event") in ("connected", "connect-error", "no-shared-cd"):
+            break
+    assert ev == {**ev, "event": "connected", "ok": True}
+    return float(ev["seconds"])
+
+
+async def cd_disconnect(proc: trio.Process, lines: LineReader) -> None:
+    """Tell `gtk_client.py usbredir-cd` to disconnect the CD; wait until it did."""
+    assert proc.stdin is not None
+    await proc.stdin.send_all(b"disconnect\n")
+    while json.loads(await lines.readline()).get("event") != "disconnected":
+        pass
+
+
 async def redirect_cd_then_detach(uri: str, iso: str, qmp: Qmp) -> float:
     """Redirect the CD through `uri`, wait until QEMU has it, disconnect it, wait until
     QEMU dropped it. Returns seconds from connect_device_async to attached."""
@@ -34,15 +64,8 @@ async def redirect_cd_then_detach(uri: str, iso: str, qmp: Qmp) -> float:
     async with gtk_process("usbredir-cd", uri, iso) as proc:
         assert proc.stdout is not None and proc.stdin is not None
         lines = LineReader(proc.stdout)
-        while True:
-            ev = json.loads(await lines.readline())
-            if ev.get("event") in ("connected", "connect-error", "no-shared-cd"):
-                break
-        assert ev == {**ev, "event": "connected", "ok": True}
-        secs = float(ev["seconds"]) + await wait_usb_speed(qmp, "480 Mb/s")
-        await proc.stdin.send_all(b"disconnect\n")
-        while json.loads(await lines.readline()).get("event") != "disconnected":
-            pass
+        secs = await cd_connected(lines) + await wait_usb_speed(qmp, "480 Mb/s")
+        await cd_disconnect(proc, lines)
         await wait_usb_speed(qmp, "1.5 Mb/s")
     return secs
 

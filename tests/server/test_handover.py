@@ -29,14 +29,10 @@ HELLO = b"usbredir hello from the fake QEMU"
 PORT = "org.trivmc.handover.0"
 
 
-class FakeQemu:
-    """Accepts connections; greets each; records what each sends and whether it closed."""
+class LoopbackPeer:
+    """A TCP server on loopback, standing where QEMU's chardev stands."""
 
-    def __init__(self) -> None:
-        self.connections = 0
-        self.received: list[bytearray] = []
-        self.closed: list[bool] = []
-        self.port = 0
+    port = 0
 
     async def serve(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -45,6 +41,18 @@ class FakeQemu:
         self.port = listener.socket.getsockname()[1]
         task_status.started()
         await trio.serve_listeners(self._conn, [listener])
+
+    async def _conn(self, stream: trio.SocketStream) -> None:
+        raise NotImplementedError
+
+
+class FakeQemu(LoopbackPeer):
+    """Accepts connections; greets each; records what each sends and whether it closed."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.received: list[bytearray] = []
+        self.closed: list[bool] = []
 
     async def _conn(self, stream: trio.SocketStream) -> None:
         i = self.connections
@@ -104,7 +112,7 @@ async def test_handover_keeps_the_qemu_connection_and_the_listener(tmp_path: Pat
         nursery.cancel_scope.cancel()
 
 
-class EchoDevice:
+class EchoDevice(LoopbackPeer):
     """A peer that echoes what it receives; records connections and closes. While
     `reading` is clear it reads nothing (the bytes for it pile up upstream)."""
 
@@ -112,17 +120,8 @@ class EchoDevice:
         self.connections = 0
         self.closed = 0
         self.received = 0
-        self.port = 0
         self.reading = trio.Event()
         self.reading.set()
-
-    async def serve(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listener.socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._conn, [listener])
 
     async def _conn(self, stream: trio.SocketStream) -> None:
         self.connections += 1

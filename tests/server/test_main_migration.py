@@ -15,8 +15,6 @@ import trio.testing
 from trivmc.client import connect
 from trivmc.protocol import (
     ChannelType,
-    ClientLink,
-    LinkReplyReceived,
     MainCap,
     MainChannelsList,
     MainInit,
@@ -25,7 +23,6 @@ from trivmc.protocol import (
     MainMigrateData,
     MainMigrateDstDoSeamless,
     MainMigrateSwitchHost,
-    Message,
     Migrate,
     MigrationDstInfo,
     MsgcCommon,
@@ -39,7 +36,7 @@ from trivmc.server import MigrationOutcome, Server, ServerConfig
 from trivmc.server.metrics import ServerCollector
 
 from .conftest import Peer
-from .test_migration_e2e import settle
+from .test_migration_e2e import link, settle
 from .test_vmc_migration import GateBackend
 
 PORT = "org.trivmc.mainmig.0"
@@ -60,23 +57,6 @@ def dst_of(addresses: list[object]) -> MigrationDstInfo:
     address = addresses[0]
     assert isinstance(address, tuple)
     return MigrationDstInfo(port=address[1], sport=0, host=str(address[0]).encode())
-
-
-async def link(address: object, ctype: int, conn_id: int = 0, caps: Sequence[int] = ()) -> Peer:
-    assert isinstance(address, tuple)
-    stream = await trio.open_tcp_stream(address[0], address[1])
-    machine = ClientLink(conn_id, ctype, 0, caps)
-    await stream.send_all(machine.initiate())
-    with trio.fail_after(10):
-        while not machine.done:
-            data = await stream.receive_some()
-            assert data, "link refused"
-            for ev in machine.feed(data):
-                if isinstance(ev, LinkReplyReceived):
-                    await stream.send_all(ev.data)
-    peer = Peer(stream, machine.mini_header)
-    peer._got += [Message(m.type, bytes(m.body)) for m in peer.decoder.feed(machine.trailing)]
-    return peer
 
 
 async def main_link(address: object, caps: Sequence[int]) -> tuple[Peer, int]:

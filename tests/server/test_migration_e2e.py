@@ -6,7 +6,7 @@ order; the target is a target only for the session id it was told to expect."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 import trio
@@ -38,12 +38,12 @@ def config() -> ServerConfig:
     return ServerConfig(listen=[("127.0.0.1", 0)], key_pool_size=4, key_process=False)
 
 
-async def link(address: object, ctype: int, conn_id: int = 0) -> Peer:
-    """A plain connection through a whole link, as a Peer (the bytes that followed
-    the link already decoded)."""
+async def link(address: object, ctype: int, conn_id: int = 0, caps: Sequence[int] = ()) -> Peer:
+    """A plain connection through a whole link (with the channel `caps`), as a Peer
+    (the bytes that followed the link already decoded)."""
     assert isinstance(address, tuple)
     stream = await trio.open_tcp_stream(address[0], address[1])
-    machine = ClientLink(conn_id, ctype, 0)
+    machine = ClientLink(conn_id, ctype, 0, caps)
     await stream.send_all(machine.initiate())
     with trio.fail_after(10):
         while not machine.done:
