@@ -5,20 +5,17 @@ own log (SPICE_DEBUG=1) is shown when something fails."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import subprocess
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import trio
 
 from trivmc.backends import EchoBackend
 from trivmc.protocol import MigrationDstInfo
-from trivmc.server import MigrationOutcome, Server, ServerConfig
+from trivmc.server import MigrationOutcome, Server, ServerConfig, VmcChannel
 
-from .tools import SYSTEM_PYTHON, LineReader, require_gtk
+from .tools import LineReader, gtk_process, require_gtk
 
 HERE = Path(__file__).resolve().parent
 PORT = "org.trivmc.gtkmig.0"
@@ -74,24 +71,21 @@ async def test_spice_gtk_follows_a_seamless_move_between_two_trivmc_servers(
     a_channel = a.add_port(PORT, EchoBackend())
     b_channel = b.add_port(PORT, EchoBackend())
     log = tmp_path / "spice-gtk.log"
+    with log.open("wb") as err:  # spice-gtk's stderr (its SPICE_DEBUG log)
+        await _follow(a, b, a_channel, b_channel, log, err)
+
+
+async def _follow(
+    a: Server, b: Server, a_channel: VmcChannel, b_channel: VmcChannel, log: Path, err: IO[bytes]
+) -> None:
     async with a as a_addrs, b as b_addrs, trio.open_nursery() as nursery:
         a_host, a_port = a_addrs[0]  # type: ignore[misc]
         b_host, b_port = b_addrs[0]  # type: ignore[misc]
-        cmd = [SYSTEM_PYTHON, str(HERE / "gtk_migrate.py"), "--timeout", "60"]
-        cmd += [f"spice://{a_host}:{a_port}", PORT]
-        with log.open("wb") as err:
-            proc: trio.Process = await nursery.start(
-                functools.partial(
-                    trio.run_process,
-                    cmd,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=err,
-                    env={**os.environ, "SPICE_DEBUG": "1"},
-                    check=False,
-                )
-            )
-        try:
+        uri = f"spice://{a_host}:{a_port}"
+        gtk = gtk_process(
+            uri, PORT, script=HERE / "gtk_migrate.py", stderr=err, env={"SPICE_DEBUG": "1"}
+        )
+        async with gtk as proc:
             assert proc.stdin is not None and proc.stdout is not None
             events = Events(log)
             nursery.start_soon(events.read, proc.stdout)
@@ -124,8 +118,6 @@ async def test_spice_gtk_follows_a_seamless_move_between_two_trivmc_servers(
             with trio.fail_after(30):
                 await proc.wait()
             assert proc.returncode == 0, tail(log)
-        finally:
-            proc.kill()
     print("spice-gtk events:", seen)
     assert not [e for e in seen if e["event"] == "channel-event" and e["name"] != "opened"], seen
     states = [e["state"] for e in seen if e["event"] == "migration-state"]

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import trio
@@ -91,10 +91,17 @@ async def run_gtk(
 
 
 @asynccontextmanager
-async def gtk_process(*args: str, timeout: float = 60.0) -> AsyncIterator[trio.Process]:
-    """Start a long-running gtk_client.py scenario with pipes; kill it on exit."""
+async def gtk_process(
+    *args: str,
+    timeout: float = 60.0,
+    script: Path = GTK_CLIENT,
+    stderr: int | IO[bytes] = subprocess.DEVNULL,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[trio.Process]:
+    """Start a long-running spice-gtk driver `script` (gtk_client.py by default) with
+    pipes, its stderr to `stderr`, `env` added to the environment; kill it on exit."""
     require_gtk()
-    cmd = [SYSTEM_PYTHON, str(GTK_CLIENT), "--timeout", str(timeout), *args]
+    cmd = [SYSTEM_PYTHON, str(script), "--timeout", str(timeout), *args]
     async with trio.open_nursery() as nursery:
         proc: trio.Process = await nursery.start(
             functools.partial(
@@ -102,7 +109,8 @@ async def gtk_process(*args: str, timeout: float = 60.0) -> AsyncIterator[trio.P
                 cmd,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=stderr,
+                env={**os.environ, **(env or {})},
                 check=False,
             )
         )
