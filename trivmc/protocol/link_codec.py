@@ -52,10 +52,12 @@ class LinkHeader:
     magic: bytes = MAGIC
 
     def encode(self) -> bytes:
+        """The 16 header bytes."""
         return _HEADER.pack(self.magic, self.major, self.minor, self.size)
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Decode the first 16 bytes (magic unchecked); raises `TruncatedMessage` when short."""
         if len(data) < _HEADER.size:
             raise TruncatedMessage("link header shorter than 16 bytes")
         magic, major, minor, size = _HEADER.unpack_from(data, 0)
@@ -85,6 +87,7 @@ class LinkMess:
     channel_caps: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
+        """The SpiceLinkMess bytes with its capability words (after the link header)."""
         words = self.common_caps + self.channel_caps
         return _MESS.pack(
             self.connection_id,
@@ -105,9 +108,11 @@ class LinkMess:
         return cls(cid, ctype, chid, common, channel)
 
     def has_common(self, cap: int) -> bool:
+        """True when common capability `cap` is set."""
         return has_cap(self.common_caps, cap)
 
     def has_channel(self, cap: int) -> bool:
+        """True when channel capability `cap` is set."""
         return has_cap(self.channel_caps, cap)
 
 
@@ -121,6 +126,7 @@ class LinkReply:
     channel_caps: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
+        """The SpiceLinkReply bytes; raises ValueError when `pub_key` is not 162 bytes."""
         if len(self.pub_key) != PUBKEY_SIZE:
             raise ValueError(f"public key must be {PUBKEY_SIZE} bytes")
         words = self.common_caps + self.channel_caps
@@ -133,6 +139,8 @@ class LinkReply:
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Decode a reply (a short one carrying an error code is accepted); raises
+        `LinkProtocolError(INVALID_DATA)` on bad sizes or capability bounds."""
         if len(data) < LINK_REPLY_SIZE:
             if len(data) >= 4:
                 # a short error reply still carries its code
@@ -147,9 +155,11 @@ class LinkReply:
         return cls(err, key, common, channel)
 
     def has_common(self, cap: int) -> bool:
+        """True when common capability `cap` is set."""
         return has_cap(self.common_caps, cap)
 
     def has_channel(self, cap: int) -> bool:
+        """True when channel capability `cap` is set."""
         return has_cap(self.channel_caps, cap)
 
 

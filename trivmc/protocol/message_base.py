@@ -30,8 +30,10 @@ class FixedLayout:
     _S: ClassVar[struct.Struct]
 
     def encode(self) -> bytes:
+        """The fields packed in order."""
         return self._S.pack(*(getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode the fields (trailing bytes ignored); raises `TruncatedMessage` when short."""
         return cls(*unpack_fixed(cls._S, body, cls.__name__))
