@@ -110,6 +110,7 @@ class CharDevice:
 
     @property
     def tokens_free(self) -> int:
+        """Client tokens (write buffers) free now."""
         return self._tokens.value
 
     @property
@@ -355,6 +356,7 @@ class CharDevice:
 
     @property
     def client(self) -> DeviceClient | None:
+        """The attached client, or None."""
         return self._client
 
     # ---- lifecycle -------------------------------------------------------------
