@@ -81,6 +81,7 @@ class MigrateDataReceived:
     body: Body
 
 
+#: What `ChannelConnection` reports besides messages.
 ChannelEvent = WindowOpened | PeerDisconnecting | MigrateFlushMark | MigrateDataReceived
 
 WINDOW_OPENED = WindowOpened()

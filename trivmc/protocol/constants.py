@@ -9,10 +9,10 @@ from enum import IntEnum, IntFlag
 MAGIC = b"REDQ"
 VERSION_MAJOR = 2
 VERSION_MINOR = 2
-TICKET_SIZE = 128
-PUBKEY_SIZE = 162
-MAX_PASSWORD_LENGTH = 60
-LZ4_THRESHOLD = 1000  # compress only payloads larger than this
+TICKET_SIZE = 128  #: bytes of an RSA-encrypted ticket
+PUBKEY_SIZE = 162  #: bytes of the link reply's DER public key (RSA-1024)
+MAX_PASSWORD_LENGTH = 60  #: the longest ticket password, in bytes
+LZ4_THRESHOLD = 1000  #: compress only payloads larger than this
 
 
 class ChannelType(IntEnum):
@@ -31,6 +31,7 @@ class ChannelType(IntEnum):
     WEBDAV = 11
 
 
+#: The channel types trivmc hosts.
 VMC_CHANNEL_TYPES = frozenset({ChannelType.USBREDIR, ChannelType.PORT, ChannelType.WEBDAV})
 
 

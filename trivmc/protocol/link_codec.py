@@ -28,18 +28,19 @@ _REPLY_HEAD = struct.Struct("<I")
 _REPLY_TAIL = struct.Struct("<III")
 _U32 = struct.Struct("<I")
 
-LINK_HEADER_SIZE = _HEADER.size  # 16
-LINK_MESS_SIZE = _MESS.size  # 18
-LINK_REPLY_SIZE = 4 + PUBKEY_SIZE + _REPLY_TAIL.size  # 178
-MAX_LINK_SIZE = 4096
+LINK_HEADER_SIZE = _HEADER.size  #: 16: SpiceLinkHeader
+LINK_MESS_SIZE = _MESS.size  #: 18: SpiceLinkMess without its capability words
+LINK_REPLY_SIZE = 4 + PUBKEY_SIZE + _REPLY_TAIL.size  #: 178: SpiceLinkReply without its words
+MAX_LINK_SIZE = 4096  #: the largest link message accepted (the header's size field)
 MAX_CAPS_WORDS = 1024
 
+#: The common capabilities trivmc's server advertises.
 SERVER_COMMON_CAPS = (
     CommonCap.PROTOCOL_AUTH_SELECTION,
     CommonCap.AUTH_SPICE,
     CommonCap.MINI_HEADER,
 )
-CLIENT_COMMON_CAPS = SERVER_COMMON_CAPS
+CLIENT_COMMON_CAPS = SERVER_COMMON_CAPS  #: those trivmc's client advertises
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from typing import ClassVar, Self
 
 from .errors import TruncatedMessage
 
+#: A message body: decoders take any of these (a view is not copied).
 Body = bytes | bytearray | memoryview
 
 

@@ -144,11 +144,11 @@ MAIN_MIGRATE_VERSION = 1  # SPICE_MIGRATE_DATA_MAIN_VERSION
 # msg_header_done, msg_header_partial_len, msg_header_ptr, msg_remaining,
 # msg_filter_result); client2agent (msg_remaining, msg_filter_result). Packed.
 _MAIN_MD = struct.Struct("<4sI IBIIIII B I II B III B IB")
-MAIN_MIGRATE_DATA_SIZE = _MAIN_MD.size  # 65: 8 of header + sizeof(SpiceMigrateDataMain) 57
+MAIN_MIGRATE_DATA_SIZE = _MAIN_MD.size  #: 65: 8 of header + sizeof(SpiceMigrateDataMain) 57
 VD_AGENT_MESSAGE_HEADER = 20  # sizeof(VDAgentMessage): a partial one is shorter
 # a body carries at most the fixed part, a partial agent message header and the bytes
 # the source still had to write to its agent; trivmc has no agent, and refuses more
-MAIN_MIGRATE_DATA_MAX = 4096
+MAIN_MIGRATE_DATA_MAX = 4096  #: the largest main MIGRATE_DATA body decoded
 
 
 @dataclass(frozen=True, slots=True)

@@ -150,7 +150,7 @@ class VmcMigrateDataHeader:
         )
 
 
-SVMD_HEADER_SIZE = VmcMigrateDataHeader._S.size  # 33: the pending data follows
+SVMD_HEADER_SIZE = VmcMigrateDataHeader._S.size  #: 33: the pending data follows
 
 
 def check_vmc_migrate_data(body: Body, max_write: int) -> VmcMigrateDataHeader:
