@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, typecheck, bench, soak, fuzz.
+"""nox sessions: tests, lint, typecheck, docs, bench, soak, fuzz.
 
 `nox -s tests lint typecheck` is the project's test command (README, .ci/run).
 """
@@ -30,6 +30,25 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library, the benchmarks and the fuzz harnesses."""
     session.install("-e", ".[test]", "mypy")
     session.run("mypy", "--strict", "trivmc", "benchmarks", "tests/fuzz")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site: Sphinx builds docs/ into docs/_build/html, any warning
+    an error. Needs `dot` (Debian graphviz) for the diagrams; Debian's python3.11-doc
+    gives the links to Python's docs (docs/about.md)."""
+    session.install("-e", ".[docs]")
+    session.run(
+        "sphinx-build",
+        "-W",
+        "--keep-going",
+        "-E",  # a fresh environment: every page is read, so every warning is seen
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+    )
 
 
 @nox.session

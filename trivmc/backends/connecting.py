@@ -46,9 +46,11 @@ class ConnectingBackend(StreamBackend):
         self.connect_failures = 0
 
     async def open_peer(self) -> trio.abc.Stream:  # pragma: no cover - subclasses
+        """Connect a new peer stream; OSError when it cannot (the caller backs off)."""
         raise NotImplementedError
 
     async def serve(self) -> None:
+        """Open a peer per client session (or a standing one), reconnecting with backoff."""
         await self.bridge_adopted()  # a peer handed over by the previous process first
         if self.standing:
             await self._serve_standing()
@@ -119,6 +121,8 @@ class ConnectingBackend(StreamBackend):
 
 
 class TcpConnectBackend(ConnectingBackend):
+    """Connects to `host:port` for each client session (QEMU's `socket,host=,port=`)."""
+
     def __init__(
         self,
         host: str,
@@ -138,6 +142,8 @@ class TcpConnectBackend(ConnectingBackend):
 
 
 class UnixConnectBackend(ConnectingBackend):
+    """Connects to the unix socket `path` for each client session."""
+
     def __init__(
         self, path: str, reconnect: float = DEFAULT_RECONNECT, drain: float = DEFAULT_DRAIN
     ) -> None:

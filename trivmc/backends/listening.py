@@ -31,9 +31,12 @@ class ListeningBackend(StreamBackend):
         self._accept_scope: trio.CancelScope | None = None
 
     async def open_listener(self) -> trio.SocketListener:  # pragma: no cover
+        """Bind and listen; OSError when it cannot."""
         raise NotImplementedError
 
     async def serve(self) -> None:
+        """Listen (or adopt the handed-over listener), then accept and bridge one peer
+        at a time until cancelled; the listener is closed on the way out."""
         if self.adopted_listener is not None:
             sock, self.adopted_listener = self.adopted_listener, None
             listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
@@ -69,6 +72,8 @@ class ListeningBackend(StreamBackend):
 
 
 class TcpListenBackend(ListeningBackend):
+    """Listens on `host:port` (`bound` is the address once listening)."""
+
     def __init__(self, host: str, port: int) -> None:
         super().__init__()
         self.host, self.port = host, port
@@ -82,6 +87,8 @@ class TcpListenBackend(ListeningBackend):
 
 
 class UnixListenBackend(ListeningBackend):
+    """Listens on the unix socket `path` (an old file there is removed)."""
+
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path

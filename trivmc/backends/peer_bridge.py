@@ -99,15 +99,18 @@ class StreamBackend:
         return len(self._out) + self._sending
 
     def can_read(self) -> int:
+        """Room below OUT_LIMIT for the current peer; 0 without one."""
         if self.peer is None or not self._peer_had_client:
             return 0  # (a standing peer takes bytes only from its own session's client)
         return max(0, OUT_LIMIT - self.out_bytes)
 
     def read(self, data: memoryview) -> None:
+        """Queue `data` for the peer (the bridge's writer sends it)."""
         self._out += data
         self._out_idle.value = False
 
     def event(self, event: ChrEvent) -> None:
+        """A client attached (OPENED) or left (CLOSED); a BREAK is counted and ignored."""
         if event == ChrEvent.BREAK:
             self.breaks += 1
             log.info("%s: BREAK from the client (a byte stream has no break: ignored)", self.name)
@@ -352,8 +355,10 @@ class StreamBackend:
         return True
 
     async def run(self, chardev: SpiceChardev) -> None:
+        """Serve `chardev` until cancelled: `serve`'s peer tasks run in nurseries it owns."""
         self.chardev = chardev
         await self.serve()
 
     async def serve(self) -> None:  # pragma: no cover - subclasses
+        """Find peers and bridge them, one at a time, until cancelled (subclasses)."""
         raise NotImplementedError

@@ -20,10 +20,12 @@ class _Base:
     breaks = 0
 
     def event(self, event: ChrEvent) -> None:
+        """Counts a BREAK (`breaks`); nothing else."""
         if event == ChrEvent.BREAK:
             self.breaks += 1
 
     async def run(self, chardev: SpiceChardev) -> None:
+        """Open the frontend and wait until cancelled; starts no task."""
         self.chardev = chardev
         chardev.set_fe_open(True)
         await trio.sleep_forever()
@@ -35,9 +37,11 @@ class NullBackend(_Base):
     received = 0
 
     def can_read(self) -> int:
+        """Always room: every byte is taken."""
         return 1 << 30
 
     def read(self, data: memoryview) -> None:
+        """Count the bytes (`received`) and drop them."""
         self.received += len(data)
 
 
@@ -45,6 +49,7 @@ class EchoBackend(_Base):
     """Returns what it receives, in order; never drops (it stalls the writer instead)."""
 
     def can_read(self) -> int:
+        """The frontend's pending room while a client is attached (unlimited otherwise)."""
         if self.chardev is None:
             return 0
         if not self.chardev.connected:
@@ -52,6 +57,7 @@ class EchoBackend(_Base):
         return self.chardev.pending_room()
 
     def read(self, data: memoryview) -> None:
+        """Write `data` back through the frontend, whole."""
         assert self.chardev is not None
         taken = self.chardev.chr_write(data)
         assert taken == len(data), "can_read() bounds what echo is given"
@@ -72,6 +78,7 @@ class SourceBackend(NullBackend):
         self._block = bytes(range(PATTERN_PERIOD)) * (SOURCE_CHUNK // PATTERN_PERIOD + 2)
 
     async def run(self, chardev: SpiceChardev) -> None:
+        """Send each attaching client `total` pattern bytes, in this task, until cancelled."""
         self.chardev = chardev
         chardev.set_fe_open(True)
         while True:
@@ -96,9 +103,11 @@ class FileBackend:
         self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - lives with the backend
 
     def can_read(self) -> int:
+        """1 MiB at a time."""
         return 1 << 20
 
     def read(self, data: memoryview) -> None:
+        """Append `data` to the file; a failed write is logged and the data lost."""
         try:
             self._file.write(data)
             self.written += len(data)
@@ -106,9 +115,11 @@ class FileBackend:
             file_log.error("file:%s: write failed, data lost: %s", self.path, e)
 
     def event(self, event: ChrEvent) -> None:
+        """Ignored."""
         pass
 
     async def run(self, chardev: SpiceChardev) -> None:
+        """Open the frontend and wait until cancelled; the file is closed on the way out."""
         self.chardev = chardev
         chardev.set_fe_open(True)
         try:

@@ -22,6 +22,7 @@ from .peer_bridge import DEFAULT_DRAIN
 from .process import ExecBackend
 from .simple import EchoBackend, FileBackend, NullBackend, SourceBackend
 
+#: What `parse_backend` returns: makes a new backend per call (per channel).
 BackendFactory = Callable[[], Backend]
 
 

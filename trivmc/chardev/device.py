@@ -41,12 +41,12 @@ from .buffer import WriteBuffer
 from .interface import DeviceClient, DeviceInstance
 from .stats import DeviceStats
 
-VMC_TOKENS = 128
+VMC_TOKENS = 128  #: write buffers a client may hold (its tokens)
 BYTE_BUDGET = 4 * 1024 * 1024  # client -> device bytes held per device (docs/limits.md)
-MAX_READ = 64 * 1024 + 32
-CLIENT_QUEUE_LIMIT = 1024 * 1024
+MAX_READ = 64 * 1024 + 32  #: the most bytes one device read takes
+CLIENT_QUEUE_LIMIT = 1024 * 1024  #: reading pauses while a client has this much queued
 READ_BATCH = 256 * 1024  # bytes the reader task reads between two scheduling points
-RETRY_INTERVAL = 0.1
+RETRY_INTERVAL = 0.1  #: seconds before a partial write is retried unwoken
 
 
 class _Stop(enum.Enum):
@@ -110,6 +110,7 @@ class CharDevice:
 
     @property
     def tokens_free(self) -> int:
+        """Client tokens (write buffers) free now."""
         return self._tokens.value
 
     @property
@@ -355,6 +356,7 @@ class CharDevice:
 
     @property
     def client(self) -> DeviceClient | None:
+        """The attached client, or None."""
         return self._client
 
     # ---- lifecycle -------------------------------------------------------------

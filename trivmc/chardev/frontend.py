@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 PORT_EVENT_OPENED = 0
 PORT_EVENT_CLOSED = 1
 PORT_EVENT_BREAK = 2
-PENDING_LIMIT = 256 * 1024
+PENDING_LIMIT = 256 * 1024  #: bytes the frontend holds for the device before refusing more
 _TO_DEVICE, _TO_CLIENT = Direction.TO_DEVICE, Direction.TO_CLIENT
 
 

@@ -38,9 +38,11 @@ class DeviceWakeups(Protocol):
     """What a device instance calls on its device: `wakeup()` (it may have data to
     read: spice_server_char_device_wakeup) and `wakeup_writable()` (it can take more)."""
 
-    def wakeup(self) -> None: ...
+    def wakeup(self) -> None:
+        """The instance may have data: the device may read it within this call."""
 
-    def wakeup_writable(self) -> None: ...
+    def wakeup_writable(self) -> None:
+        """The instance can take more: the device's writer goes on (never lost)."""
 
 
 class DeviceInstance(Protocol):
@@ -52,15 +54,20 @@ class DeviceInstance(Protocol):
     empty when there is nothing now; neither blocks.
     """
 
-    def attach(self, device: DeviceWakeups) -> None: ...
+    def attach(self, device: DeviceWakeups) -> None:
+        """Wake `device` from now on; called once, by its constructor."""
 
-    def write(self, data: memoryview) -> int: ...
+    def write(self, data: memoryview) -> int:
+        """Take a prefix of `data` without blocking; how many bytes were taken."""
 
-    def read(self, max_size: int) -> DeviceData: ...
+    def read(self, max_size: int) -> DeviceData:
+        """At most `max_size` bytes the instance has now, without blocking (maybe empty)."""
 
-    def state(self, connected: bool) -> None: ...
+    def state(self, connected: bool) -> None:
+        """A client attached (True) or left (False)."""
 
-    def event(self, event: int) -> None: ...
+    def event(self, event: int) -> None:
+        """A port event (`PortEvent`) from the client."""
 
 
 class CharBackend(Protocol):
@@ -71,11 +78,15 @@ class CharBackend(Protocol):
     BREAK.
     """
 
-    def can_read(self) -> int: ...
+    def can_read(self) -> int:
+        """How many bytes `read` may be given now; 0 means stalled."""
 
-    def read(self, data: memoryview) -> None: ...
+    def read(self, data: memoryview) -> None:
+        """Take all of `data` (at most what `can_read` allowed); it is valid only during
+        the call."""
 
-    def event(self, event: ChrEvent) -> None: ...
+    def event(self, event: ChrEvent) -> None:
+        """OPENED, CLOSED or BREAK from the frontend."""
 
 
 class DeviceClient(Protocol):
@@ -89,8 +100,11 @@ class DeviceClient(Protocol):
     """
 
     @property
-    def queued_bytes(self) -> int: ...
+    def queued_bytes(self) -> int:
+        """Bytes queued and not yet sent."""
 
-    def push_device_data(self, data: DeviceData) -> int | None: ...
+    def push_device_data(self, data: DeviceData) -> int | None:
+        """Queue `data` without blocking; None, or the compressed block size it went as."""
 
-    async def wait_queued_below(self, limit: int) -> None: ...
+    async def wait_queued_below(self, limit: int) -> None:
+        """Return once fewer than `limit` bytes are queued."""

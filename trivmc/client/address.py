@@ -21,6 +21,7 @@ class Address:
 
     @property
     def is_unix(self) -> bool:
+        """True for a unix socket address (`path` set), False for TCP."""
         return self.path is not None
 
 

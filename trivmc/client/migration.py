@@ -36,6 +36,8 @@ LINK_TIMEOUT = 30.0  # for the whole of linking to the destination
 
 
 class MoveKind(enum.Enum):
+    """How the session moved with its VM (`Session.last_migration`)."""
+
     SEMI_SEAMLESS = "semi-seamless"
     SEAMLESS = "seamless"
     SWITCH_HOST = "switch-host"

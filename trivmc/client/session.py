@@ -83,6 +83,7 @@ class Session:
 
     @property
     def main_caps(self) -> list[int]:
+        """The main channel capabilities this session advertises."""
         caps: list[int] = [MainCap.NAME_AND_UUID]
         if self.follow_migration:  # AGENT_CONNECTED_TOKENS: spice-server's seamless needs it
             caps += [
@@ -293,9 +294,11 @@ class Session:
         return channel
 
     async def open_usbredir(self, channel_id: int = 0) -> ChannelStream:
+        """`open_channel` for usbredir channel `channel_id`; raises as it does."""
         return await self.open_channel(ChannelType.USBREDIR, channel_id)
 
     async def open_webdav(self) -> ChannelStream:
+        """`open_channel` for the webdav channel; raises as it does."""
         return await self.open_channel(ChannelType.WEBDAV, 0)
 
     async def open_port(self, name: str) -> ChannelStream:
@@ -356,7 +359,9 @@ async def connect(
     server refuses, MainChannelClosed when it hangs up before the channel list. TLS
     verifies the server certificate and host name against `ca_file` (or the system's
     trust store); `tls` replaces that context entirely. With `follow_migration` (the
-    default) the session follows the VM when it migrates (docs/migration.md)."""
+    default) the session follows the VM when it migrates (docs/migration.md). The main
+    channel's reader and each opened channel's reader run in a nursery `connect` owns:
+    all of them end before the `async with` block is left."""
     if tls is None and ca_file is not None:
         tls = client_tls_context(ca_file)
     session = Session(parse_uri(uri, tls_port), password, lz4, tls, follow_migration)

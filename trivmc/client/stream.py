@@ -98,6 +98,8 @@ class ChannelStream(trio.abc.HalfCloseableStream):
     # ---- the reader task -------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The channel's reader task: started by `Session.open_channel` in the session's
+        nursery (the one `connect` opens), it ends when the connection closes or breaks."""
         task_status.started()
         try:
             while True:

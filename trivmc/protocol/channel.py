@@ -40,6 +40,8 @@ FIRST_CHANNEL_MESSAGE = 101  # SPICE_MSG_BASE_LAST / SPICE_MSGC_BASE_LAST + 1
 
 
 class Role(enum.Enum):
+    """Which side of a channel a `ChannelConnection` plays."""
+
     SERVER = "server"
     CLIENT = "client"
 
@@ -79,6 +81,7 @@ class MigrateDataReceived:
     body: Body
 
 
+#: What `ChannelConnection` reports besides messages.
 ChannelEvent = WindowOpened | PeerDisconnecting | MigrateFlushMark | MigrateDataReceived
 
 WINDOW_OPENED = WindowOpened()
@@ -141,6 +144,7 @@ class ChannelConnection:
 
     @property
     def has_data_to_send(self) -> bool:
+        """True while encoded bytes wait for `data_to_send`."""
         return bool(self._out)
 
     def start(self) -> None:

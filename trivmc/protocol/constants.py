@@ -9,13 +9,15 @@ from enum import IntEnum, IntFlag
 MAGIC = b"REDQ"
 VERSION_MAJOR = 2
 VERSION_MINOR = 2
-TICKET_SIZE = 128
-PUBKEY_SIZE = 162
-MAX_PASSWORD_LENGTH = 60
-LZ4_THRESHOLD = 1000  # compress only payloads larger than this
+TICKET_SIZE = 128  #: bytes of an RSA-encrypted ticket
+PUBKEY_SIZE = 162  #: bytes of the link reply's DER public key (RSA-1024)
+MAX_PASSWORD_LENGTH = 60  #: the longest ticket password, in bytes
+LZ4_THRESHOLD = 1000  #: compress only payloads larger than this
 
 
 class ChannelType(IntEnum):
+    """SPICE channel types (spice-protocol's SPICE_CHANNEL_*)."""
+
     MAIN = 1
     DISPLAY = 2
     INPUTS = 3
@@ -29,10 +31,13 @@ class ChannelType(IntEnum):
     WEBDAV = 11
 
 
+#: The channel types trivmc hosts.
 VMC_CHANNEL_TYPES = frozenset({ChannelType.USBREDIR, ChannelType.PORT, ChannelType.WEBDAV})
 
 
 class LinkError(IntEnum):
+    """The link reply's error codes (SPICE_LINK_ERR_*); OK is 0."""
+
     OK = 0
     ERROR = 1
     INVALID_MAGIC = 2
@@ -55,6 +60,8 @@ class CommonCap(IntEnum):
 
 
 class MainCap(IntEnum):
+    """Main channel capabilities (bit numbers)."""
+
     SEMI_SEAMLESS_MIGRATE = 0
     NAME_AND_UUID = 1
     AGENT_CONNECTED_TOKENS = 2
@@ -62,10 +69,14 @@ class MainCap(IntEnum):
 
 
 class VmcCap(IntEnum):
+    """spicevmc channel capabilities (bit numbers)."""
+
     DATA_COMPRESS_LZ4 = 0
 
 
 class AuthMechanism(IntEnum):
+    """Authentication mechanisms a client may select (SPICE ticket, SASL)."""
+
     SPICE = 1
     SASL = 2
 
@@ -160,12 +171,16 @@ class MsgcVmc(IntEnum):
 
 
 class PortEvent(IntEnum):
+    """Port channel events (SPICE_PORT_EVENT_*)."""
+
     OPENED = 0
     CLOSED = 1
     BREAK = 2
 
 
 class CompressionType(IntEnum):
+    """SPICEVMC_COMPRESSED_DATA's compression types."""
+
     NONE = 0
     LZ4 = 1
 

@@ -15,8 +15,8 @@ from .errors import MessageTooLarge, ProtocolError
 
 MINI_HEADER = struct.Struct("<HI")
 FULL_HEADER = struct.Struct("<QHII")
-MINI_HEADER_SIZE = MINI_HEADER.size  # 6
-FULL_HEADER_SIZE = FULL_HEADER.size  # 18
+MINI_HEADER_SIZE = MINI_HEADER.size  #: 6: type, size
+FULL_HEADER_SIZE = FULL_HEADER.size  #: 18: serial, type, size, sub-list
 
 Buffer = bytes | bytearray | memoryview
 

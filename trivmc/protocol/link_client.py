@@ -88,6 +88,7 @@ class ClientLink:
 
     @property
     def done(self) -> bool:
+        """True once the link succeeded (the reply's result was OK)."""
         return self._state is _S.DONE
 
     @property

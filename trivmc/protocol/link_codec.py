@@ -28,18 +28,19 @@ _REPLY_HEAD = struct.Struct("<I")
 _REPLY_TAIL = struct.Struct("<III")
 _U32 = struct.Struct("<I")
 
-LINK_HEADER_SIZE = _HEADER.size  # 16
-LINK_MESS_SIZE = _MESS.size  # 18
-LINK_REPLY_SIZE = 4 + PUBKEY_SIZE + _REPLY_TAIL.size  # 178
-MAX_LINK_SIZE = 4096
+LINK_HEADER_SIZE = _HEADER.size  #: 16: SpiceLinkHeader
+LINK_MESS_SIZE = _MESS.size  #: 18: SpiceLinkMess without its capability words
+LINK_REPLY_SIZE = 4 + PUBKEY_SIZE + _REPLY_TAIL.size  #: 178: SpiceLinkReply without its words
+MAX_LINK_SIZE = 4096  #: the largest link message accepted (the header's size field)
 MAX_CAPS_WORDS = 1024
 
+#: The common capabilities trivmc's server advertises.
 SERVER_COMMON_CAPS = (
     CommonCap.PROTOCOL_AUTH_SELECTION,
     CommonCap.AUTH_SPICE,
     CommonCap.MINI_HEADER,
 )
-CLIENT_COMMON_CAPS = SERVER_COMMON_CAPS
+CLIENT_COMMON_CAPS = SERVER_COMMON_CAPS  #: those trivmc's client advertises
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +53,12 @@ class LinkHeader:
     magic: bytes = MAGIC
 
     def encode(self) -> bytes:
+        """The 16 header bytes."""
         return _HEADER.pack(self.magic, self.major, self.minor, self.size)
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Decode the first 16 bytes (magic unchecked); raises `TruncatedMessage` when short."""
         if len(data) < _HEADER.size:
             raise TruncatedMessage("link header shorter than 16 bytes")
         magic, major, minor, size = _HEADER.unpack_from(data, 0)
@@ -85,6 +88,7 @@ class LinkMess:
     channel_caps: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
+        """The SpiceLinkMess bytes with its capability words (after the link header)."""
         words = self.common_caps + self.channel_caps
         return _MESS.pack(
             self.connection_id,
@@ -105,9 +109,11 @@ class LinkMess:
         return cls(cid, ctype, chid, common, channel)
 
     def has_common(self, cap: int) -> bool:
+        """True when common capability `cap` is set."""
         return has_cap(self.common_caps, cap)
 
     def has_channel(self, cap: int) -> bool:
+        """True when channel capability `cap` is set."""
         return has_cap(self.channel_caps, cap)
 
 
@@ -121,6 +127,7 @@ class LinkReply:
     channel_caps: tuple[int, ...] = ()
 
     def encode(self) -> bytes:
+        """The SpiceLinkReply bytes; raises ValueError when `pub_key` is not 162 bytes."""
         if len(self.pub_key) != PUBKEY_SIZE:
             raise ValueError(f"public key must be {PUBKEY_SIZE} bytes")
         words = self.common_caps + self.channel_caps
@@ -133,6 +140,8 @@ class LinkReply:
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Self:
+        """Decode a reply (a short one carrying an error code is accepted); raises
+        `LinkProtocolError(INVALID_DATA)` on bad sizes or capability bounds."""
         if len(data) < LINK_REPLY_SIZE:
             if len(data) >= 4:
                 # a short error reply still carries its code
@@ -147,9 +156,11 @@ class LinkReply:
         return cls(err, key, common, channel)
 
     def has_common(self, cap: int) -> bool:
+        """True when common capability `cap` is set."""
         return has_cap(self.common_caps, cap)
 
     def has_channel(self, cap: int) -> bool:
+        """True when channel capability `cap` is set."""
         return has_cap(self.channel_caps, cap)
 
 

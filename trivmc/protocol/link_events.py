@@ -57,4 +57,5 @@ class LinkFailed:
     reason: str = ""
 
 
+#: What `ServerLink` and `ClientLink` report.
 LinkEvent = LinkRequest | TicketReceived | LinkReplyReceived | Linked | LinkFailed

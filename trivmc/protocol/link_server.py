@@ -71,6 +71,7 @@ class ServerLink:
 
     @property
     def done(self) -> bool:
+        """True once the link succeeded and the result was sent."""
         return self._state is _S.DONE
 
     @property

@@ -17,7 +17,7 @@ from .errors import DecompressError
 from .messages import Body
 
 _HEAD = struct.Struct("<BI")
-COMPRESSED_HEAD_SIZE = _HEAD.size  # type and uncompressed size before the LZ4 block
+COMPRESSED_HEAD_SIZE = _HEAD.size  #: type and uncompressed size before the LZ4 block
 
 
 def should_compress(peer_lz4: bool, size: int, is_unix: bool) -> bool:

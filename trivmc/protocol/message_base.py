@@ -12,6 +12,7 @@ from typing import ClassVar, Self
 
 from .errors import TruncatedMessage
 
+#: A message body: decoders take any of these (a view is not copied).
 Body = bytes | bytearray | memoryview
 
 
@@ -30,8 +31,10 @@ class FixedLayout:
     _S: ClassVar[struct.Struct]
 
     def encode(self) -> bytes:
+        """The fields packed in order."""
         return self._S.pack(*(getattr(self, f.name) for f in fields(self)))  # type: ignore[arg-type]
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode the fields (trailing bytes ignored); raises `TruncatedMessage` when short."""
         return cls(*unpack_fixed(cls._S, body, cls.__name__))

@@ -23,6 +23,8 @@ class Migrate(FixedLayout):
 
 @dataclass(frozen=True, slots=True)
 class SetAck(FixedLayout):
+    """SET_ACK: u32 generation, u32 window (messages between ACKs)."""
+
     TYPE: ClassVar[int] = MsgCommon.SET_ACK
     _S: ClassVar[struct.Struct] = struct.Struct("<II")
     generation: int
@@ -31,6 +33,8 @@ class SetAck(FixedLayout):
 
 @dataclass(frozen=True, slots=True)
 class Ping:
+    """PING: u32 id, u64 timestamp, then `padding` zero bytes."""
+
     TYPE: ClassVar[int] = MsgCommon.PING
     _S: ClassVar[struct.Struct] = struct.Struct("<IQ")
     id: int
@@ -38,16 +42,20 @@ class Ping:
     padding: int = 0  # number of zero bytes after the fixed part
 
     def encode(self) -> bytes:
+        """The body, padding included."""
         return self._S.pack(self.id, self.timestamp) + bytes(self.padding)
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; trailing bytes count as padding; raises `TruncatedMessage` when short."""
         pid, ts = unpack_fixed(cls._S, body, "PING")
         return cls(pid, ts, len(body) - cls._S.size)
 
 
 @dataclass(frozen=True, slots=True)
 class Pong(FixedLayout):
+    """PONG: the id and timestamp of the PING it answers."""
+
     TYPE: ClassVar[int] = MsgcCommon.PONG
     _S: ClassVar[struct.Struct] = struct.Struct("<IQ")
     id: int
@@ -56,6 +64,8 @@ class Pong(FixedLayout):
 
 @dataclass(frozen=True, slots=True)
 class AckSync(FixedLayout):
+    """ACK_SYNC: u32 generation, the client's answer to SET_ACK."""
+
     TYPE: ClassVar[int] = MsgcCommon.ACK_SYNC
     _S: ClassVar[struct.Struct] = struct.Struct("<I")
     generation: int
@@ -63,18 +73,24 @@ class AckSync(FixedLayout):
 
 @dataclass(frozen=True, slots=True)
 class Ack:
+    """ACK: an empty body, one per window of messages received."""
+
     TYPE: ClassVar[int] = MsgcCommon.ACK
 
     def encode(self) -> bytes:
+        """The empty body."""
         return b""
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """An Ack; any body is accepted."""
         return cls()
 
 
 @dataclass(frozen=True, slots=True)
 class Notify:
+    """NOTIFY: timestamp, severity, visibility, what, then the message and a NUL."""
+
     TYPE: ClassVar[int] = MsgCommon.NOTIFY
     _S: ClassVar[struct.Struct] = struct.Struct("<QIIII")
     time_stamp: int
@@ -84,6 +100,7 @@ class Notify:
     message: bytes
 
     def encode(self) -> bytes:
+        """The body, the message NUL-terminated."""
         head = self._S.pack(
             self.time_stamp, self.severity, self.visibility, self.what, len(self.message)
         )
@@ -91,6 +108,7 @@ class Notify:
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `TruncatedMessage` when the body or the message is short."""
         ts, sev, vis, what, n = unpack_fixed(cls._S, body, "NOTIFY")
         end = cls._S.size + n
         if len(body) < end:
@@ -110,6 +128,8 @@ class Disconnecting(FixedLayout):
 
 @dataclass(frozen=True, slots=True)
 class WaitForChannel:
+    """One entry of WAIT_FOR_CHANNELS: a channel and the serial to wait for."""
+
     channel_type: int
     channel_id: int
     message_serial: int
@@ -117,11 +137,14 @@ class WaitForChannel:
 
 @dataclass(frozen=True, slots=True)
 class WaitForChannels:
+    """WAIT_FOR_CHANNELS: u8 count, then `WaitForChannel` entries."""
+
     TYPE: ClassVar[int] = MsgCommon.WAIT_FOR_CHANNELS
     _ITEM: ClassVar[struct.Struct] = struct.Struct("<BBQ")
     channels: tuple[WaitForChannel, ...]
 
     def encode(self) -> bytes:
+        """The count and the entries."""
         parts = [bytes([len(self.channels)])]
         parts += [
             self._ITEM.pack(c.channel_type, c.channel_id, c.message_serial) for c in self.channels
@@ -130,6 +153,7 @@ class WaitForChannels:
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `TruncatedMessage` when the entries are short."""
         if len(body) < 1:
             raise TruncatedMessage("WAIT_FOR_CHANNELS: empty body")
         count = body[0]

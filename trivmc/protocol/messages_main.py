@@ -16,6 +16,8 @@ from .message_base import Body, FixedLayout
 
 @dataclass(frozen=True, slots=True)
 class MainInit(FixedLayout):
+    """MAIN_INIT: the session id and seven u32 hints the server sends first."""
+
     TYPE: ClassVar[int] = MsgMain.INIT
     _S: ClassVar[struct.Struct] = struct.Struct("<8I")
     session_id: int
@@ -58,36 +60,46 @@ class MainUuid(FixedLayout):
 
     @classmethod
     def of(cls, value: UUID) -> Self:
+        """The message carrying `value`."""
         return cls(value.bytes)
 
     def as_uuid(self) -> UUID:
+        """The carried UUID."""
         return UUID(bytes=self.uuid)
 
 
 @dataclass(frozen=True, slots=True)
 class MainAttachChannels:
+    """ATTACH_CHANNELS: the client asks for the channel list (empty body)."""
+
     TYPE: ClassVar[int] = MsgcMain.ATTACH_CHANNELS
 
     def encode(self) -> bytes:
+        """The empty body."""
         return b""
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """A MainAttachChannels; any body is accepted."""
         return cls()
 
 
 @dataclass(frozen=True, slots=True)
 class MainChannelsList:
+    """CHANNELS_LIST: u32 count, then (u8 type, u8 id) per channel."""
+
     TYPE: ClassVar[int] = MsgMain.CHANNELS_LIST
     channels: tuple[tuple[int, int], ...]  # (type, id)
 
     def encode(self) -> bytes:
+        """The count and the pairs."""
         return struct.pack("<I", len(self.channels)) + b"".join(
             bytes((t, i)) for t, i in self.channels
         )
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `TruncatedMessage` when the list is short."""
         if len(body) < 4:
             raise TruncatedMessage("CHANNELS_LIST: body shorter than 4")
         (count,) = struct.unpack_from("<I", body, 0)
@@ -98,14 +110,18 @@ class MainChannelsList:
 
 @dataclass(frozen=True, slots=True)
 class MainName:
+    """MAIN_NAME: u32 size (with the NUL), the VM's name and a NUL."""
+
     TYPE: ClassVar[int] = MsgMain.NAME
     name: bytes  # without the NUL
 
     def encode(self) -> bytes:
+        """The size, the name and its NUL."""
         return struct.pack("<I", len(self.name) + 1) + self.name + b"\0"
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `TruncatedMessage` when the name is short or its size is 0."""
         if len(body) < 4:
             raise TruncatedMessage("NAME: body shorter than 4")
         (n,) = struct.unpack_from("<I", body, 0)

@@ -44,6 +44,8 @@ class MigrationDstInfo:
 
     @classmethod
     def decode(cls, body: Body, name: str) -> Self:
+        """Decode the fixed part and the strings; raises `ProtocolError` (naming message
+        `name`) when a string lies outside the body or the host is empty or too long."""
         port, sport, host_size, host_at, subject_size, subject_at = unpack_fixed(_DST, body, name)
         if not 0 < host_size <= MAX_HOST:
             raise ProtocolError(f"{name}: host of {host_size} bytes")
@@ -53,6 +55,7 @@ class MigrationDstInfo:
 
     @property
     def host_text(self) -> str:
+        """The host as text (ASCII, undecodable bytes replaced)."""
         return self.host.decode("ascii", errors="replace")
 
 
@@ -68,41 +71,54 @@ def _string(body: Body, at: int, size: int, name: str, what: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class MainMigrateBegin:
+    """MIGRATE_BEGIN: where the VM goes, for a semi-seamless move."""
+
     TYPE: ClassVar[int] = MsgMain.MIGRATE_BEGIN
     dst: MigrationDstInfo
 
     def encode(self) -> bytes:
+        """The destination's body."""
         return self.dst.encode()
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `ProtocolError` as `MigrationDstInfo.decode` does."""
         return cls(MigrationDstInfo.decode(body, "MIGRATE_BEGIN"))
 
 
 @dataclass(frozen=True, slots=True)
 class MainMigrateSwitchHost:
+    """MIGRATE_SWITCH_HOST: where the client reconnects after the move."""
+
     TYPE: ClassVar[int] = MsgMain.MIGRATE_SWITCH_HOST
     dst: MigrationDstInfo
 
     def encode(self) -> bytes:
+        """The destination's body."""
         return self.dst.encode()
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `ProtocolError` as `MigrationDstInfo.decode` does."""
         return cls(MigrationDstInfo.decode(body, "MIGRATE_SWITCH_HOST"))
 
 
 @dataclass(frozen=True, slots=True)
 class MainMigrateBeginSeamless:
+    """MIGRATE_BEGIN_SEAMLESS: the destination and the source's migration protocol version."""
+
     TYPE: ClassVar[int] = MsgMain.MIGRATE_BEGIN_SEAMLESS
     dst: MigrationDstInfo
     src_version: int
 
     def encode(self) -> bytes:
+        """The destination's body with the version after its fixed part."""
         return self.dst.encode(_VERSION.pack(self.src_version))
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `ProtocolError` as `MigrationDstInfo.decode` does, or when the
+        version is short."""
         name = "MIGRATE_BEGIN_SEAMLESS"
         dst = MigrationDstInfo.decode(body, name)
         (version,) = unpack_fixed(_VERSION, bytes(body[_DST.size : _DST.size + 4]), name)
@@ -128,11 +144,11 @@ MAIN_MIGRATE_VERSION = 1  # SPICE_MIGRATE_DATA_MAIN_VERSION
 # msg_header_done, msg_header_partial_len, msg_header_ptr, msg_remaining,
 # msg_filter_result); client2agent (msg_remaining, msg_filter_result). Packed.
 _MAIN_MD = struct.Struct("<4sI IBIIIII B I II B III B IB")
-MAIN_MIGRATE_DATA_SIZE = _MAIN_MD.size  # 65: 8 of header + sizeof(SpiceMigrateDataMain) 57
+MAIN_MIGRATE_DATA_SIZE = _MAIN_MD.size  #: 65: 8 of header + sizeof(SpiceMigrateDataMain) 57
 VD_AGENT_MESSAGE_HEADER = 20  # sizeof(VDAgentMessage): a partial one is shorter
 # a body carries at most the fixed part, a partial agent message header and the bytes
 # the source still had to write to its agent; trivmc has no agent, and refuses more
-MAIN_MIGRATE_DATA_MAX = 4096
+MAIN_MIGRATE_DATA_MAX = 4096  #: the largest main MIGRATE_DATA body decoded
 
 
 @dataclass(frozen=True, slots=True)

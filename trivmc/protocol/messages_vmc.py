@@ -20,10 +20,12 @@ class VmcData:
     data: Body
 
     def encode(self) -> bytes:
+        """The payload as bytes."""
         return bytes(self.data)
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """The body as the payload (not copied)."""
         return cls(body)
 
 
@@ -38,12 +40,14 @@ class VmcCompressedData:
     data: Body
 
     def encode(self) -> bytes:
+        """The body (no size field for NONE)."""
         if self.compression == CompressionType.NONE:
             return bytes([self.compression]) + bytes(self.data)
         return self._S.pack(self.compression, self.uncompressed_size) + bytes(self.data)
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode (the data is a slice of `body`); raises `TruncatedMessage` when short."""
         if len(body) < 1:
             raise TruncatedMessage("COMPRESSED_DATA: empty body")
         if body[0] == CompressionType.NONE:
@@ -62,10 +66,12 @@ class PortInit:
     opened: bool
 
     def encode(self) -> bytes:
+        """The body, the name NUL-terminated at offset 9."""
         return self._S.pack(len(self.name) + 1, self._S.size, int(self.opened)) + self.name + b"\0"
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `TruncatedMessage` when the name lies outside the body."""
         size, offset, opened = unpack_fixed(cls._S, body, "PORT_INIT")
         if size < 1 or offset + size > len(body):
             raise TruncatedMessage(f"PORT_INIT: name of {size} bytes at {offset} truncated")
@@ -80,10 +86,12 @@ class PortEventMsg:
     event: int
 
     def encode(self) -> bytes:
+        """The one-byte body."""
         return bytes([self.event])
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `TruncatedMessage` on an empty body."""
         if len(body) < 1:
             raise TruncatedMessage("PORT_EVENT: empty body")
         return cls(body[0])
@@ -108,6 +116,7 @@ class VmcMigrateDataHeader:
     pending: bytes = field(default=b"")
 
     def encode(self) -> bytes:
+        """The 33-byte header, then `pending`."""
         return (
             self._S.pack(
                 VMC_MIGRATE_MAGIC,
@@ -125,6 +134,8 @@ class VmcMigrateDataHeader:
 
     @classmethod
     def decode(cls, body: Body) -> Self:
+        """Decode; raises `ProtocolError` on a bad magic or a version above 1 and
+        `TruncatedMessage` when short (`check_vmc_migrate_data` checks the rest)."""
         fields = unpack_fixed(cls._S, body, "MIGRATE_DATA")
         magic = bytes(fields[0])
         if magic != VMC_MIGRATE_MAGIC:
@@ -139,7 +150,7 @@ class VmcMigrateDataHeader:
         )
 
 
-SVMD_HEADER_SIZE = VmcMigrateDataHeader._S.size  # 33: the pending data follows
+SVMD_HEADER_SIZE = VmcMigrateDataHeader._S.size  #: 33: the pending data follows
 
 
 def check_vmc_migrate_data(body: Body, max_write: int) -> VmcMigrateDataHeader:

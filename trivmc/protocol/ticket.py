@@ -38,6 +38,7 @@ class LinkKey:
 
     @classmethod
     def from_private(cls, private: rsa.RSAPrivateKey) -> LinkKey:
+        """The key pair of `private`; raises ValueError unless it is an RSA-1024 key."""
         from cryptography.hazmat.primitives import serialization
 
         der = private.public_key().public_bytes(

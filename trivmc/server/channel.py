@@ -147,26 +147,32 @@ class ChannelClient:
 
     @property
     def queued_bytes(self) -> int:
+        """Bytes queued for the client and not yet written."""
         return self.sender.queued_bytes
 
     @property
     def bytes_out(self) -> int:
+        """Bytes written to the client so far."""
         return self.sender.bytes_out
 
     @property
     def messages_out(self) -> int:
+        """Messages written to the client so far."""
         return self.sender.messages_out
 
     @property
     def unacked(self) -> int:
+        """Messages sent and not yet acknowledged (the ACK window's count)."""
         return self.conn.unacked
 
     @property
     def pings_unanswered(self) -> int:
+        """PINGs sent without their PONG yet."""
         return self.conn.pings_unanswered
 
     @property
     def min_rtt(self) -> float | None:
+        """The lowest PING round trip seen, in seconds; None before the first PONG."""
         return self.conn.min_rtt
 
     # ---- sending ---------------------------------------------------------------
@@ -222,6 +228,7 @@ class ChannelClient:
             self._closed_early = True
 
     async def wait_queued_below(self, limit: int) -> None:
+        """Return once fewer than `limit` bytes are queued for the client."""
         await self.sender.wait_queued_below(limit)
 
     async def _window(self) -> None:

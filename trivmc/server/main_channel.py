@@ -113,6 +113,7 @@ class MainChannelClient(ChannelClient):
 
     @property
     def migration_target(self) -> bool:
+        """True when this main link continues a session migrating here."""
         return self.session is not None and self.session.migration_target
 
     async def on_start(self) -> None:

@@ -103,12 +103,15 @@ class Server:
         await self.registry.remove(channel)
 
     def add_usbredir(self, backend: Backend, channel_id: int | None = None) -> VmcChannel:
+        """Host a usbredir channel (`ChannelRegistry.add_usbredir`), as `add_channel` does."""
         return self.registry.add_usbredir(backend, channel_id)
 
     def add_port(self, name: str, backend: Backend) -> VmcChannel:
+        """Host port `name`, as `add_channel` does; ValueError if a port has that name."""
         return self.registry.add_port(name, backend)
 
     def add_webdav(self, backend: Backend) -> VmcChannel:
+        """Host the webdav channel (id 0), as `add_channel` does."""
         return self.registry.add_webdav(backend)
 
     def find_channel(self, name: str) -> VmcChannel:
@@ -256,7 +259,8 @@ class Server:
         `systemd.py`), each with whether it is TLS, served besides the configured
         addresses; they are the server's from the call on (closed when it ends).
         The start value lists the plain addresses ((host, port) tuples and unix paths);
-        the TLS ones are in `tls_addresses`.
+        the TLS ones are in `tls_addresses`. Raises ValueError when there is nothing to
+        listen on and OSError when an address cannot be bound.
         """
         if self.config.raise_fd_limit:
             raise_fd_limit()

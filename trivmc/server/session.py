@@ -45,6 +45,7 @@ class ServerSession:
         self.channel_scopes.add(scope)
 
     def leave(self, scope: trio.CancelScope) -> None:
+        """Forget a channel's cancel scope (its link ended)."""
         self.channel_scopes.discard(scope)
 
     def resolve(self, seamless: bool) -> None:
@@ -95,6 +96,7 @@ class SessionTable:
         return iter([s for s in self._sessions.values() if s.alive])
 
     def get(self, connection_id: int) -> ServerSession | None:
+        """The live session `connection_id` names, or None."""
         s = self._sessions.get(connection_id)
         return s if s is not None and s.alive else None
 

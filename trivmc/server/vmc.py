@@ -179,10 +179,12 @@ class VmcChannel:
 
     @property
     def key(self) -> tuple[int, int]:
+        """(channel type, channel id), the channel's key in the registry."""
         return (int(self.channel_type), self.channel_id)
 
     @property
     def label(self) -> str:
+        """The channel's name in logs: `usbredir:0`, `port:1 (name)`, `webdav:0`."""
         name = self.channel_type.name.lower()
         return f"{name}:{self.channel_id}" + (
             f" ({self.chardev.port_name})" if self.channel_type == ChannelType.PORT else ""
@@ -195,6 +197,7 @@ class VmcChannel:
 
     @property
     def is_port(self) -> bool:
+        """True for a port or webdav channel (PORT_INIT and PORT_EVENT apply)."""
         return self.channel_type in (ChannelType.PORT, ChannelType.WEBDAV)
 
     @property
