@@ -63,7 +63,7 @@ def shell_script(block: Block) -> str:
         logical = []
         if BACKGROUND.search(text) and WAITED.match(text.lstrip()):
             jobs += 1
-            fifo = f'"$DOCS_RUN/ready.{jobs}"'
+            fifo = f'"$DOCS_RUN/ready.{block.line}.{jobs}"'
             out += [
                 f"mkfifo {fifo}",
                 f"export TRIVMC_DOCS_READY={fifo}",
