@@ -50,6 +50,18 @@ def test_config_file_and_override(tmp_path: Path) -> None:
     assert len(stats_lines(server)) == 4
 
 
+def test_config_file_names_a_password_file_and_the_control_socket(tmp_path: Path) -> None:
+    """Every setting merge_config reads from a file is one the file may hold."""
+    (tmp_path / "ticket").write_text("from-file\n")
+    conf = tmp_path / "t.toml"
+    conf.write_text(
+        f'password_file = "{tmp_path / "ticket"}"\ncontrol = "unix:{tmp_path / "c.sock"}"\n'
+    )
+    args = serve_args("--config", str(conf))
+    assert args.password == "from-file"  # type: ignore[attr-defined]
+    assert args.control == f"unix:{tmp_path / 'c.sock'}"  # type: ignore[attr-defined]
+
+
 def test_bad_config_and_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "bad.toml"
     conf.write_text("nonsense = 1\n")

@@ -54,7 +54,7 @@ CONFIG_KEYS = {
     "usbredir", "port", "webdav", "log_level", "stats", "tls_listen", "cert", "key",
     "ca", "secure_channels", "plaintext_channels", "no_websocket", "ping_interval",
     "ping_misses", "keepalive", "max_pending_links", "max_pending_per_source", "byte_budget",
-    "name", "uuid", "record", "metrics",
+    "name", "uuid", "record", "metrics", "password_file", "control",
 }  # fmt: skip
 
 
