@@ -14,9 +14,13 @@ import ast
 import importlib
 import inspect
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "docs" / "_ext"))
+from reexports import defining_module
 
 PACKAGES = [
     "trivmc",
@@ -45,22 +49,10 @@ def own_doc(obj: type | object) -> str | None:
     return doc
 
 
-def imported_from(module: ModuleType, name: str) -> ModuleType | None:
-    """The module `module`'s source imports `name` from, if it does."""
-    package = module.__name__ if hasattr(module, "__path__") else module.__package__ or ""
-    for node in ast.parse(inspect.getsource(module)).body:
-        if isinstance(node, ast.ImportFrom) and any(a.name == name for a in node.names):
-            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-            return importlib.import_module(f"{base}.{node.module}" if node.module else base)
-    return None
-
-
 def has_doc_comment(module: ModuleType, name: str) -> bool:
     """`name` is assigned at module level with a `#:` comment before or on the line
     (a re-export is followed to the module that assigns it)."""
-    source = importlib.import_module(module.__name__)
-    while (origin := imported_from(source, name)) is not None:
-        source = origin
+    source = defining_module(importlib.import_module(module.__name__), name)
     lines = inspect.getsource(source).splitlines()
     for node in ast.parse("\n".join(lines)).body:
         targets = node.targets if isinstance(node, ast.Assign) else []

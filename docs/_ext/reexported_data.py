@@ -10,24 +10,14 @@ comment from there, with Sphinx's own source analyzer.
 
 from __future__ import annotations
 
-import ast
 import importlib
 import inspect
 from types import ModuleType
 from typing import Any
 
+from reexports import imported_from
 from sphinx.application import Sphinx
 from sphinx.pycode import ModuleAnalyzer
-
-
-def imported_from(module: ModuleType, name: str) -> ModuleType | None:
-    """The module `module`'s source imports `name` from, if it does."""
-    package = module.__name__ if hasattr(module, "__path__") else module.__package__ or ""
-    for node in ast.parse(inspect.getsource(module)).body:
-        if isinstance(node, ast.ImportFrom) and any(a.name == name for a in node.names):
-            base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-            return importlib.import_module(f"{base}.{node.module}" if node.module else base)
-    return None
 
 
 def doc_comment(module: ModuleType, name: str) -> list[str]:
