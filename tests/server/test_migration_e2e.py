@@ -27,6 +27,7 @@ from trivmc.protocol import (
     MsgVmc,
 )
 from trivmc.server import Server, ServerConfig, VmcChannel
+from trivmc.server.session import SessionTable
 
 from .conftest import Peer
 from .test_vmc_migration import GateBackend
@@ -166,3 +167,18 @@ async def test_only_an_expected_session_id_makes_a_target() -> None:
         await settle(lambda: backend.data == b"plain+again")
         await port.stream.aclose()
         await main.stream.aclose()
+
+
+def test_an_expected_session_id_lapses_after_its_ttl() -> None:
+    """Past its ttl an expected id is an ordinary one: a main link presenting it gets
+    a fresh id and no migration target; within it, the id is kept (once)."""
+    table = SessionTable(multi_session=True)
+    table.expect(0x1234, ttl=-1.0)  # already past
+    lapsed = table.create(0x1234)
+    assert lapsed.connection_id != 0x1234 and not lapsed.migration_target
+    assert not table.expected
+    table.expect(0x5678, ttl=60.0)
+    kept = table.create(0x5678)
+    assert kept.connection_id == 0x5678 and kept.migration_target
+    again = table.create(0x5678 + 1)
+    assert not again.migration_target

@@ -36,7 +36,7 @@ from .link_policy import ChannelKey, LinkPolicy
 from .main_channel import MainChannelClient, MigrationOutcome
 from .migration_main import LEAVE_TIMEOUT, STEP_TIMEOUT, migrate_sessions
 from .registry import ChannelRegistry
-from .session import SessionTable
+from .session import EXPECT_TTL, SessionTable
 from .sockets import close_quietly, format_address, open_listeners
 from .vmc import VmcChannel
 
@@ -165,12 +165,13 @@ class Server:
         self.sessions.remove(session)
         return True
 
-    def expect_migration(self, connection_id: int) -> None:
+    def expect_migration(self, connection_id: int, ttl: float = EXPECT_TTL) -> None:
         """Be a migration target for the client of session `connection_id` on its
-        source: the main link presenting that id keeps it, and the first link of each
-        VMC channel in that session takes the source's MIGRATE_DATA before any DATA
-        (docs/migration.md). ValueError unless a non-zero u32."""
-        self.sessions.expect(connection_id)
+        source: the main link presenting that id within `ttl` seconds keeps it, and
+        the first link of each VMC channel in that session takes the source's
+        MIGRATE_DATA before any DATA (docs/migration.md). ValueError unless a
+        non-zero u32."""
+        self.sessions.expect(connection_id, ttl)
 
     # ---- migration: this server as a source (main_channel.py, migration_main.py) ----
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator
 
 import trio
 
 log = logging.getLogger(__name__)
+
+EXPECT_TTL = 60.0  # seconds an expected migration target's id waits for its main link
 
 
 class ServerSession:
@@ -86,7 +89,8 @@ class SessionTable:
         self.multi_session = multi_session
         self._sessions: dict[int, ServerSession] = {}
         self.created = 0  # sessions created so far
-        self.expected: set[int] = set()  # migration targets' ids, until their main links
+        # migration targets' ids, until their main links or their deadline (monotonic)
+        self.expected: dict[int, float] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -100,12 +104,13 @@ class SessionTable:
         s = self._sessions.get(connection_id)
         return s if s is not None and s.alive else None
 
-    def expect(self, connection_id: int) -> None:
-        """A main link presenting `connection_id` (a non-zero u32) is a migration
-        target: its session keeps that id (once: the link consumes it)."""
+    def expect(self, connection_id: int, ttl: float = EXPECT_TTL) -> None:
+        """A main link presenting `connection_id` (a non-zero u32) within `ttl`
+        seconds is a migration target: its session keeps that id (once: the link
+        consumes it). After `ttl` the id is an ordinary one again."""
         if not 0 < connection_id < 1 << 32:
             raise ValueError(f"a connection id is a non-zero u32, not {connection_id}")
-        self.expected.add(connection_id)
+        self.expected[connection_id] = time.monotonic() + ttl
 
     def create(self, connection_id: int = 0) -> ServerSession:
         """A new session (replacing others unless multi-session): a migration target
@@ -115,9 +120,14 @@ class SessionTable:
             for old in list(self._sessions.values()):
                 log.info("session %#010x replaced by a new main link", old.connection_id)
                 self.remove(old)
+        now = time.monotonic()
+        for cid, deadline in list(self.expected.items()):
+            if deadline < now:
+                log.info("session %#010x: no longer expected (no link in time)", cid)
+                del self.expected[cid]
         target = connection_id in self.expected and connection_id not in self._sessions
         if target:
-            self.expected.discard(connection_id)
+            del self.expected[connection_id]
             cid = connection_id
             log.info("session %#010x: a migration target", cid)
         while not target:
