@@ -7,6 +7,7 @@ first client of the new server; and that client's bytes reach the same connectio
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
 from pathlib import Path
@@ -23,7 +24,8 @@ from trivmc.server.adoption import HandoverRefused, accept_handover, listen_for_
 from trivmc.server.handover import hand_over
 from trivmc.transport import fdpass
 
-from .test_migration_e2e import link, main_link, settle
+from .conftest import Peer
+from .test_migration_e2e import link, main_link, port_link, settle
 
 HELLO = b"usbredir hello from the fake QEMU"
 PORT = "org.trivmc.handover.0"
@@ -120,6 +122,7 @@ class EchoDevice(LoopbackPeer):
         self.connections = 0
         self.closed = 0
         self.received = 0
+        self.data = bytearray()  # everything received, in order
         self.reading = trio.Event()
         self.reading.set()
 
@@ -131,6 +134,7 @@ class EchoDevice(LoopbackPeer):
             if not data:
                 break
             self.received += len(data)
+            self.data += data
             await stream.send_all(data)
         self.closed += 1
 
@@ -259,3 +263,50 @@ async def test_a_bad_hello_is_refused_and_closes_what_came_with_it(tmp_path: Pat
     x.close()
     assert y.recv(1) == b""  # the new server's copy of x was closed too: EOF
     y.close()
+
+
+async def test_a_client_that_cannot_migrate_leaves_its_queued_bytes_to_the_new_server(
+    tmp_path: Path,
+) -> None:
+    """A client without SPICE's migration caps gets SWITCH_HOST and is disconnected;
+    what its channel's device still held (the device peer was not reading) travels in
+    the handover message and reaches the same device connection exactly once."""
+    device = EchoDevice()
+    device.reading = trio.Event()  # not reading: the bytes stay queued in the old server
+    old, new = Server(config()), Server(config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(device.serve)
+        old_channel = old.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
+        new.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
+        (address,) = await nursery.start(old.serve)
+        sock = await listen_for_handover(str(tmp_path / "h"))
+        _main, session = await main_link(address)  # no migration caps (kept open)
+        port = await port_link(address, session)
+        sent = b"".join(bytes([i]) * 60000 for i in range(1, 120))  # ~7 MB
+        nursery.start_soon(lambda: _send_all(port, sent))
+        await settle(lambda: old_channel.device.buffered_bytes > 0 and device.connections == 1)
+
+        async def take_over() -> None:
+            listeners, receiver = await accept_handover(sock, new)
+            new.config = dataclasses.replace(new.config, listen=[])
+            await nursery.start(lambda **kw: new.serve(inherited=listeners, **kw))
+            nursery.start_soon(receiver.run)
+
+        nursery.start_soon(take_over)
+        report = await hand_over(old, str(tmp_path / "h"), connect_timeout=1, drain=0.05)
+        assert report.outcomes == {session: "none"}  # (SWITCH_HOST)
+        assert report.queued_bytes > 0
+        device.reading.set()
+        accepted = old_channel.device.stats.in_data
+        await settle(lambda: device.received == accepted)
+        assert device.data == sent[:accepted]  # in order, each byte once
+        assert device.connections == 1 and device.closed == 0
+        assert old_channel.bytes_dropped == 0
+        nursery.cancel_scope.cancel()
+
+
+async def _send_all(peer: Peer, data: bytes) -> None:
+    """DATA messages of up to 60000 bytes until the server stops taking them."""
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        for start in range(0, len(data), 60000):
+            await peer.send(MsgcVmc.DATA, data[start : start + 60000])
