@@ -6,6 +6,7 @@ anything else, and device data only from then on."""
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 import trio
@@ -24,6 +25,7 @@ from .channel import ChannelClient, ChannelOptions
 
 log = logging.getLogger("trivmc.server.vmc")
 
+_NO_WAIT = nullcontext()  # stateless: shared by every DATA that finds room
 NO_FLOW_CONTROL = 0xFFFFFFFF  # SVMD's token counts for a client without flow control (~0)
 
 
@@ -72,10 +74,13 @@ class MigratingClient(ChannelClient):
         if migration_target:
             self.conn.expect_migrate_data(SVMD_HEADER_SIZE + self.max_migrated)
 
-    def budget_wait(self) -> trio.CancelScope:
+    def budget_wait(self) -> AbstractContextManager[object]:
         """The scope a DATA waits for budget room in: MIGRATE going out cancels it (the
         message is then held for MIGRATE_DATA, as everything after it until the mark:
-        `holding`)."""
+        `holding`). With room now there is no wait, and no scope is made (the device's
+        get_write_buffer returns without a scheduling point)."""
+        if self._channel.device.has_room:
+            return _NO_WAIT
         self._budget_scope = trio.CancelScope()
         return self._budget_scope
 
