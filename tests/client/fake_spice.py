@@ -49,12 +49,13 @@ class Linked:
         await self.stream.send_all(self.encoder.encode(mtype, body))
 
     async def receive(self) -> Message:
-        """The next message; AssertionError at EOF."""
+        """The next message; AssertionError at EOF, TooSlowError after 10 s without one."""
         while True:
             msgs = self._pending
             if msgs:
                 return msgs.pop(0)
-            data = await self.stream.receive_some(65536)
+            with trio.fail_after(10):
+                data = await self.stream.receive_some(65536)
             assert data, f"{self.kind}: closed"
             self._pending.extend(Message(m.type, bytes(m.body)) for m in self.decoder.feed(data))
 

@@ -22,6 +22,7 @@ from trivmc.protocol import (
     MainMigrateBeginSeamless,
     MainMigrateDstDoSeamless,
     MainMigrateSwitchHost,
+    MainName,
     Migrate,
     MigrationDstInfo,
     MsgcCommon,
@@ -143,15 +144,20 @@ async def test_semi_seamless_moves_the_same_stream() -> None:
         assert await dport.data(1) == b"d"
 
 
-async def move_main_seamlessly(s: Setup, dmain: Linked) -> None:
+async def move_main_seamlessly(s: Setup, dmain: Linked, late: bool = False) -> None:
     await s.smain.send(MsgCommon.MIGRATE, Migrate(3).encode())
     await s.smain.expect(MsgcCommon.MIGRATE_FLUSH_MARK)
+    if late:  # spice-server goes on sending until the flush mark reaches it
+        await s.smain.send(MsgMain.NAME, MainName(b"late vm").encode())
     await s.smain.send(MsgCommon.MIGRATE_DATA, b"main state")
     assert (await dmain.expect(MsgcCommon.MIGRATE_DATA)).body == b"main state"
 
 
-@pytest.mark.parametrize("main_first", [False, True])
-async def test_seamless_forwards_migrate_data(main_first: bool) -> None:
+@pytest.mark.parametrize(("main_first", "late"), [(False, False), (True, False), (False, True)])
+async def test_seamless_forwards_migrate_data(main_first: bool, late: bool) -> None:
+    """With `late`, the source sends data (and main a NAME) after MIGRATE and before
+    MIGRATE_DATA, as spice-server does when its device read meanwhile: it is delivered
+    in order, not taken for a protocol error."""
     async with session_on_source() as s, trio.open_nursery() as nursery:
         begin = MainMigrateBeginSeamless(s.dst_info(), 1)
         await s.smain.send(MsgMain.MIGRATE_BEGIN_SEAMLESS, begin.encode())
@@ -177,20 +183,23 @@ async def test_seamless_forwards_migrate_data(main_first: bool) -> None:
         nursery.start_soon(held_send)
         await trio.testing.wait_all_tasks_blocked()
         assert not sent.is_set()
+        if late:
+            await s.sport.send(DATA, b" and late")
         await s.sport.send(MsgCommon.MIGRATE_DATA, b"SVMD port state")
         assert (await dport.expect(MsgcCommon.MIGRATE_DATA)).body == b"SVMD port state"
         assert await dport.data(1) == b"c"  # after the data, never before
         await dport.send(DATA, b" then the destination")
-        want = b"from the source then the destination"
+        want = b"from the source" + b" and late" * late + b" then the destination"
         assert await receive(s.ch, len(want)) == want
 
         if not main_first:
             assert s.session.migrations == 0  # main has not moved yet
-            await move_main_seamlessly(s, dmain)
+            await move_main_seamlessly(s, dmain, late)
         with trio.fail_after(10):
             assert await s.session.wait_migrated(0) == 1
         assert s.session.migrations == 1
         assert s.session.last_migration is MoveKind.SEAMLESS
+        assert s.session.name == ("late vm" if late else None)
         assert await s.sport.closed() and await s.smain.closed()
 
 

@@ -210,10 +210,16 @@ async def _main_migrate(s: MovingSession, source: MessageConnection, mig: Migrat
     if mig.flags & MigrateFlags.NEED_FLUSH:
         await source.send(MsgcCommon.MIGRATE_FLUSH_MARK)
     data: Message | None = None
-    if mig.flags & MigrateFlags.NEED_DATA_TRANSFER:
+    while mig.flags & MigrateFlags.NEED_DATA_TRANSFER:
+        # what the source sent before the flush mark reached it is handled as usual
         data = await source.receive()
-        if data is None or data.type != MsgCommon.MIGRATE_DATA:
+        if data is None:
             raise ProtocolError("main: MIGRATE not followed by MIGRATE_DATA")
+        if data.type == MsgCommon.MIGRATE_DATA:
+            break
+        if data.type in MIGRATION_MESSAGES:
+            raise ProtocolError(f"main: message {data.type} between MIGRATE and MIGRATE_DATA")
+        s._on_main(data)
     if target is None or target.main is None or not target.seamless_ok:
         log.warning("migration: MIGRATE on main with no seamless destination")
         return True  # nowhere to go: the source's end will end the session

@@ -108,34 +108,7 @@ class ChannelStream(trio.abc.HalfCloseableStream):
                     break
                 if msg is _SWITCHED:
                     continue
-                if msg.type == MsgVmc.DATA:
-                    self.bytes_in += len(msg.body)
-                    await self._data_send.send(bytes(msg.body))
-                elif msg.type == MsgVmc.COMPRESSED_DATA:
-                    data = decompress_body(msg.body, MAX_DECOMPRESSED)
-                    self.bytes_in += len(data)
-                    await self._data_send.send(data)
-                    del data
-                elif msg.type == MsgVmc.PORT_INIT:
-                    init = PortInit.decode(msg.body)
-                    self.port_name = init.name.decode(errors="replace")
-                    self.opened = init.opened
-                    self._port_init.set()
-                elif msg.type == MsgVmc.PORT_EVENT:
-                    event = PortEventMsg.decode(msg.body).event
-                    if event in (PortEvent.OPENED, PortEvent.CLOSED):
-                        self.opened = event == PortEvent.OPENED
-                    known = event in PortEvent._value2member_map_
-                    self._events_send.send_nowait(PortEvent(event) if known else event)
-                elif msg.type == MsgCommon.MIGRATE:
-                    await self._migrate(Migrate.decode(msg.body))
-                else:
-                    log.debug(
-                        "ignoring message %d on channel %d:%d",
-                        msg.type,
-                        self.channel_type,
-                        self.channel_id,
-                    )
+                await self._handle(msg)
                 del msg  # its body (a view of a read) is not kept while waiting
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             if not self._closed:
@@ -147,6 +120,38 @@ class ChannelStream(trio.abc.HalfCloseableStream):
             self._port_init.set()
             self._data_send.close()
             self._events_send.close()
+
+    async def _handle(self, msg: Message) -> None:
+        """One message of the current connection: device bytes to the receive queue,
+        port state, a MIGRATE (the seamless switch)."""
+        if msg.type == MsgVmc.DATA:
+            self.bytes_in += len(msg.body)
+            await self._data_send.send(bytes(msg.body))
+        elif msg.type == MsgVmc.COMPRESSED_DATA:
+            data = decompress_body(msg.body, MAX_DECOMPRESSED)
+            self.bytes_in += len(data)
+            await self._data_send.send(data)
+            del data
+        elif msg.type == MsgVmc.PORT_INIT:
+            init = PortInit.decode(msg.body)
+            self.port_name = init.name.decode(errors="replace")
+            self.opened = init.opened
+            self._port_init.set()
+        elif msg.type == MsgVmc.PORT_EVENT:
+            event = PortEventMsg.decode(msg.body).event
+            if event in (PortEvent.OPENED, PortEvent.CLOSED):
+                self.opened = event == PortEvent.OPENED
+            known = event in PortEvent._value2member_map_
+            self._events_send.send_nowait(PortEvent(event) if known else event)
+        elif msg.type == MsgCommon.MIGRATE:
+            await self._migrate(Migrate.decode(msg.body))
+        else:
+            log.debug(
+                "ignoring message %d on channel %d:%d",
+                msg.type,
+                self.channel_type,
+                self.channel_id,
+            )
 
     async def _next_message(self) -> Message | None:
         """The next message of the current connection; `_SWITCHED` when the connection
@@ -228,10 +233,17 @@ class ChannelStream(trio.abc.HalfCloseableStream):
             await self.hold_sends()
             await source.send(MsgcCommon.MIGRATE_FLUSH_MARK)
         data: Message | None = None
-        if mig.flags & MigrateFlags.NEED_DATA_TRANSFER:
+        while mig.flags & MigrateFlags.NEED_DATA_TRANSFER:
+            # spice-server keeps sending what its device read after MIGRATE, until the
+            # flush mark reached it: that is the source's data, delivered in order
             data = await source.receive()
-            if data is None or data.type != MsgCommon.MIGRATE_DATA:
+            if data is None:
                 raise ProtocolError(f"channel {self._ids}: MIGRATE not followed by MIGRATE_DATA")
+            if data.type == MsgCommon.MIGRATE_DATA:
+                break
+            if data.type == MsgCommon.MIGRATE:
+                raise ProtocolError(f"channel {self._ids}: MIGRATE during a MIGRATE")
+            await self._handle(data)
         if target is None:
             log.warning("channel %d:%d: MIGRATE without a destination", *self._ids)
             raise trio.BrokenResourceError("the server moved a channel with no destination")
