@@ -310,3 +310,42 @@ async def _send_all(peer: Peer, data: bytes) -> None:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         for start in range(0, len(data), 60000):
             await peer.send(MsgcVmc.DATA, data[start : start + 60000])
+
+
+async def test_a_session_with_two_channels_moves_both(tmp_path: Path) -> None:
+    """Two channels of one session move in the same handover (their steps run
+    concurrently, their peer messages share the handover socket): each keeps its own
+    device connection, and both work through the new server."""
+    device, qemu = EchoDevice(), FakeQemu()
+    old, new = Server(config()), Server(config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(device.serve)
+        await nursery.start(qemu.serve)
+        for server in (old, new):
+            server.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
+            server.add_usbredir(TcpConnectBackend("127.0.0.1", qemu.port))
+        (address,) = await nursery.start(old.serve)
+        await settle(lambda: old.channels[(ChannelType.USBREDIR, 0)].chardev.fe_open)
+        sock = await listen_for_handover(str(tmp_path / "h"))
+
+        async def take_over() -> None:
+            listeners, receiver = await accept_handover(sock, new)
+            new.config = dataclasses.replace(new.config, listen=[])
+            await nursery.start(lambda **kw: new.serve(inherited=listeners, **kw))
+            nursery.start_soon(receiver.run)
+
+        async with connect(f"spice://{address[0]}:{address[1]}") as session:
+            port = await session.open_port(PORT)
+            usb = await session.open_usbredir()
+            assert await usb.receive_some() == HELLO
+            nursery.start_soon(take_over)
+            report = await hand_over(old, str(tmp_path / "h"), drain=0.05)
+            assert report.outcomes == {session.session_id: "seamless"} and report.peers == 2
+            await port.send_all(b"ping")
+            with trio.fail_after(10):
+                assert await port.receive_some() == b"ping"
+            await usb.send_all(b"to the same qemu")
+            await settle(lambda: bytes(qemu.received[0]) == b"to the same qemu")
+        assert device.connections == 1 and device.closed == 0
+        assert qemu.connections == 1 and qemu.closed == [False]
+        nursery.cancel_scope.cancel()

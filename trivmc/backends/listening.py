@@ -46,22 +46,24 @@ class ListeningBackend(StreamBackend):
         self.listening.set()
         async with listener:
             await self.bridge_adopted()  # a peer handed over by the previous process
-            with trio.CancelScope() as self._accept_scope:
-                while not self.released:
-                    try:
-                        stream = await listener.accept()
-                    except OSError as e:
-                        log.warning("%s: accept failed: %s", self.name, e)
-                        await trio.sleep(ACCEPT_PAUSE)
-                        continue
-                    log.info("%s: peer connected", self.name)
-                    await self.bridge(stream)
-            await trio.sleep_forever()  # handed over: the next process accepts
+            while True:
+                with trio.CancelScope() as self._accept_scope:
+                    while not self.released:
+                        try:
+                            stream = await listener.accept()
+                        except OSError as e:
+                            log.warning("%s: accept failed: %s", self.name, e)
+                            await trio.sleep(ACCEPT_PAUSE)
+                            continue
+                        log.info("%s: peer connected", self.name)
+                        await self.bridge(stream)
+                # handed over: the next process accepts (this one again after `reclaim`)
+                await self._released.wait_value(False)
 
     def release_listener(self) -> socket.socket | None:
         """For a handover: a duplicate of the listening socket (connections queue in
         its backlog until the next process accepts them); this backend accepts no
-        more (`released`). None before it listens."""
+        more (`released`) until `reclaim()`. None before it listens."""
         if self.listener is None:
             return None
         self.released = True

@@ -69,14 +69,25 @@ class StreamBackend:
         # handover (handover.py): the reader stops between reads, the bridge lets go
         # of its peer without closing it, and a backend may start from an adopted peer
         self.adoption: Adoption | None = None
-        self.released = False  # the peer went to another process: nothing more here
-        self._stop_reading = False
+        # the peer went to another process: nothing more here (until `reclaim`)
+        self._released = AsyncBool(False)
+        self._halted = AsyncBool(False)  # the reader stops between two reads
         self._in_receive = False  # the reader waits in receive_some (nothing in hand)
         self._reader_scope: trio.CancelScope | None = None
         self._reader_stopped = trio.Event()
         self._releasing = False
         self._handover: PeerHandover | None = None
         self._in_flight: bytearray | None = None  # what the writer is sending
+
+    @property
+    def released(self) -> bool:
+        """The peer (or the listener) went to another process: this backend opens no
+        peer of its own until `reclaim()`."""
+        return bool(self._released.value)
+
+    @released.setter
+    def released(self, value: bool) -> None:
+        self._released.value = value
 
     @property
     def standing(self) -> bool:
@@ -134,15 +145,26 @@ class StreamBackend:
     # ---- bridging one peer -----------------------------------------------------
 
     async def _peer_to_chardev(self, stream: trio.abc.Stream) -> None:
+        while True:
+            if await self._read_peer(stream):
+                return  # the peer closed its side
+            # stopped for a handover: the writer goes on until the peer is released,
+            # or reading goes on where it stopped (a failed handover: `reclaim`)
+            self._reader_stopped.set()
+            await self._halted.wait_value(False)
+            self._reader_stopped = trio.Event()
+
+    async def _read_peer(self, stream: trio.abc.Stream) -> bool:
+        """Read the peer until it closes (True) or `stop_reading` (False)."""
         assert self.chardev is not None
         with trio.CancelScope() as self._reader_scope:
-            while not self._stop_reading:
+            while not self._halted.value:
                 self._in_receive = True  # (stop_reading may cancel: nothing is in hand)
                 data = await stream.receive_some(RECEIVE_SIZE)
                 self._in_receive = False
                 if not data:
                     log.info("%s: peer closed its side", self.name)
-                    return
+                    return True
                 self.spoke = True
                 if self.standing and not self.chardev.fe_open:
                     # QEMU's usb-redir accepts a connection as soon as its chardev
@@ -158,9 +180,7 @@ class StreamBackend:
                     continue
                 await self.chardev.send(data)
                 del data  # not kept alive while waiting for the next read
-        # stopped for a handover: the writer goes on until the peer is released
-        self._reader_stopped.set()
-        await trio.sleep_forever()
+        return False
 
     async def _chardev_to_peer(self, stream: trio.abc.Stream) -> None:
         assert self.chardev is not None
@@ -229,7 +249,7 @@ class StreamBackend:
         the bytes of the departed client dropped since it left (by the bridge too, when
         the peer went or was closed with bytes left). A persistent pipe keeps its peer
         and its bytes (0)."""
-        if not self.per_session or self._stop_reading:
+        if not self.per_session or self._halted.value:
             return 0  # (in a handover the peer, and its session, move on)
         with trio.move_on_at(deadline):
             await self.wait_out_drained()
@@ -246,11 +266,13 @@ class StreamBackend:
         """Serve `stream` as the peer until it closes or its session ends; never raises
         for the peer's failure. Bytes left for it are dropped, not carried on.
         `adopted`: the peer comes from another process's handover, with its state.
-        After `release_peer()` it never returns (the peer went to another process)."""
+        After `release_peer()` it returns only after `reclaim()` (the peer went to
+        another process: none of its own meanwhile)."""
         assert self.chardev is not None
-        if self.released:  # the peer went to another process: none of its own
+        if self.released:
             await trio.aclose_forcefully(stream)
-            await trio.sleep_forever()
+            await self._released.wait_value(False)
+            return
         self.peer = stream
         self.peers_served += 1
         self._bridging.value = True
@@ -293,15 +315,14 @@ class StreamBackend:
                 self.chardev.set_fe_open(False)  # (a standing peer is replaced at once)
             self._ending_session = False
             self._bridging.value = False  # (also: `wait_undeliverable` looks again)
-        if self.released:
-            await trio.sleep_forever()  # no peer of its own after a handover
+        await self._released.wait_value(False)  # no peer of its own after a handover
 
     # ---- handover (handover.py, docs/handover.md) ---------------------------------
 
     async def stop_reading(self) -> None:
         """Stop reading the peer between two reads (what was read is handed to the
         chardev first); the writer goes on. Returns at once without a peer."""
-        self._stop_reading = True
+        self._halted.value = True
         if self.peer is None or self._reader_scope is None or self._reader_stopped.is_set():
             return  # (no scheduling point then)
         if self._in_receive:
@@ -327,6 +348,19 @@ class StreamBackend:
         await self._bridging.wait_value(False)
         handover, self._handover = self._handover, None
         return handover
+
+    def reclaim(self) -> None:
+        """A handover failed: read the peer again if it is still here (nothing was
+        lost: the reader stopped between two reads), or find a new one (the bytes
+        that went with the old one are gone with the process that took it)."""
+        self._halted.value = False
+        self._releasing = False
+        if self._handover is not None:  # let go of, but never sent: the peer is lost
+            self._handover.close()
+            self._handover = None
+        if self.released and self.peer is None and self.chardev is not None:
+            self.chardev.set_fe_open(False)  # (the peer that kept it open went)
+        self.released = False
 
     def _let_go(self, stream: trio.abc.Stream) -> PeerHandover | None:
         """The bridge's last step in a release: the socket, and what is in flight."""

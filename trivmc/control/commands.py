@@ -296,7 +296,7 @@ class Commands:
     async def handover(self, args: Args) -> Any:
         """Hand every session, listener and backend peer to the server waiting at the
         handover socket `to` (docs/handover.md); this server stops serving after it."""
-        from ..server.handover import hand_over
+        from ..server.handover import HandoverFailed, hand_over
 
         try:
             report = await hand_over(
@@ -305,7 +305,7 @@ class Commands:
                 host=args.get("host"),
                 connect_timeout=float(args.get("connect-timeout", 10.0)),
             )
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, HandoverFailed) as e:
             raise CommandError(f"handover to {args['to']} failed: {e}") from e
         self.after_reply = self.server.done.set  # `trivmc serve` ends once answered
         return report.as_dict()

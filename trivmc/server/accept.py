@@ -16,11 +16,14 @@ everything else inside its own error containment.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import trio
+
+from .sockets import format_address
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ FIRST_PAUSE = 0.05
 MAX_PAUSE = 1.0
 
 OnAccept = Callable[[trio.socket.SocketType, object], None]
+Listening = tuple[trio.socket.SocketType, object, bool]  # socket, address, TLS
+OnAcceptTls = Callable[..., None]  # on_accept(sock, addr, secure=...)
 
 
 async def accept_loop(listener: trio.socket.SocketType, on_accept: OnAccept, name: str) -> None:
@@ -88,3 +93,43 @@ def raise_fd_limit() -> int:
         except (ValueError, OSError) as e:
             log.info("could not raise the open-file limit from %d to %d: %s", soft, hard, e)
     return soft
+
+
+class Acceptor:
+    """The accept loops of a server's listeners, in the server's nursery: `stop()`
+    ends them (a handover: the next process accepts on the same sockets, which stay
+    open), `resume()` starts them again (the handover failed)."""
+
+    def __init__(self) -> None:
+        self._scope = trio.CancelScope()
+        self._serving: tuple[trio.Nursery, Sequence[Listening], OnAcceptTls] | None = None
+
+    def start(
+        self, nursery: trio.Nursery, listeners: Sequence[Listening], on_accept: OnAcceptTls
+    ) -> None:
+        """Accept on every listener, in `nursery`, until `stop()` or cancellation."""
+        self._serving = (nursery, listeners, on_accept)
+        nursery.start_soon(self._run, self._scope)
+
+    def stop(self) -> None:
+        self._scope.cancel()
+
+    def resume(self) -> None:
+        """Accept again after `stop()`; nothing while accepting or before `start`."""
+        if self._serving is None or not self._scope.cancel_called:
+            return
+        self._scope = trio.CancelScope()
+        self._serving[0].start_soon(self._run, self._scope)
+        log.warning("accepting connections again")
+
+    async def _run(self, scope: trio.CancelScope) -> None:
+        assert self._serving is not None
+        _, listeners, on_accept = self._serving
+        with scope:
+            async with trio.open_nursery() as accepting:
+                for sock, addr, secure in listeners:
+                    name = format_address(addr) + (" (TLS)" if secure else "")
+                    accepting.start_soon(
+                        accept_loop, sock, functools.partial(on_accept, secure=secure), name
+                    )
+                    log.info("listening on %s", name)

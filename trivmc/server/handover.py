@@ -16,6 +16,12 @@ Order, and why:
 3. Channels without a migrated client send their peers the same way; their device
    queue travels in the handover message itself.
 4. `done`: the new server stops waiting for peers that will not come.
+
+If the handover breaks off (the new process dies, or answers what it should not),
+this server takes back what is still here (`Handover.roll_back`) and goes on serving:
+it accepts again, its backends read their peers again (or, for a peer that already
+went, find a new one), sessions not told to move yet get MIGRATE_CANCEL and go on, and
+the sessions that were told to move are closed (their clients went to the new one).
 """
 
 from __future__ import annotations
@@ -45,6 +51,11 @@ DRAIN = 5.0  # seconds a peer has to take what was sent to it before its release
 MIGRATED_TIMEOUT = 10.0  # for a client's flush mark once MIGRATE is out
 
 
+class HandoverFailed(Exception):
+    """The handover broke off; this server took back what was still here and goes
+    on serving (the text says why, and what was lost)."""
+
+
 @dataclass
 class HandoverReport:
     """What moved: sessions by outcome, peers handed over, and the bytes in flight."""
@@ -55,6 +66,7 @@ class HandoverReport:
     unsent_bytes: int = 0  # taken for a peer, not yet sent to it: sent by the new one
     queued_bytes: int = 0  # a device's queue without a migrated client
     migrated_bytes: int = 0  # a device's queue carried by a client's MIGRATE_DATA
+    lost_bytes: int = 0  # in flight to a new process that broke off: gone with it
     started: float = 0.0
     finished: float = 0.0
 
@@ -101,6 +113,10 @@ class Handover:
         self.drain = drain
         self.report = HandoverReport()
         self._sent: set[tuple[int, int]] = set()  # channels whose peer message went
+        self._told: set[int] = set()  # sessions whose VMC clients were told MIGRATE
+        self.broken: str | None = None  # why the new server cannot go on (the move stops)
+        self._move_scope: trio.CancelScope | None = None
+        self._sending = trio.Lock()  # channels move concurrently; the socket is one
 
     async def hello(self) -> None:
         """Listeners, sessions and the channel plan; returns at the new server's ready,
@@ -154,13 +170,75 @@ class Handover:
         await channel.chardev.wait_drained()
         client = channel.migrate_client()
         if client is not None:
+            self._told.add(client.connection_id)
             with trio.move_on_after(MIGRATED_TIMEOUT):
                 await client.migrated.wait()
             if client.migrated.is_set():
                 self.report.migrated_bytes += client.migrated_bytes
             else:
                 log.warning("handover: %s: no flush mark from the client", channel.label)
-        await self.send_peer(channel)
+        try:
+            await self.send_peer(channel)
+        except (OSError, EOFError) as e:
+            self._break(f"the new server is gone: {e}")
+
+    async def move_sessions(self, dst: MigrationDstInfo, connect_timeout: float) -> None:
+        """Every session's client told to migrate to `dst`, each channel moved by
+        `move_channel`, while watching the new server: if it goes away (or says what
+        it should not) the move stops and `broken` says why."""
+        if not list(self.server.sessions):
+            return
+        with trio.CancelScope() as self._move_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch)
+                outcomes = await self.server.migrate_sessions(
+                    dst,
+                    connect_timeout=connect_timeout,
+                    channel_step=self.move_channel,
+                    leave_timeout=None,  # (this server stops after the handover)
+                )
+                self.report.outcomes = {cid: o.value for cid, o in outcomes.items()}
+                nursery.cancel_scope.cancel()  # (the watch)
+
+    async def _watch(self) -> None:
+        """The new server says nothing while the sessions move: anything, or the end
+        of the connection, breaks the handover off."""
+        try:
+            msg, socks = await self.fd.receive()
+            for sock in socks:
+                sock.close()
+            why = f"unexpected {msg.get('t')!r} from the new server"
+        except (EOFError, OSError, fdpass.HandoverProtocolError) as e:
+            why = f"the new server is gone: {e}"
+        self._break(why)
+
+    def _break(self, why: str) -> None:
+        if self.broken is None:
+            self.broken = why
+            log.error("handover: %s", why)
+        if self._move_scope is not None:
+            self._move_scope.cancel()
+
+    def roll_back(self) -> int:
+        """After a handover broke off: take back what is still here and go on
+        serving. Returns the number of sessions closed (those told to move)."""
+        server = self.server
+        closed = 0
+        for main in list(server.main_clients):
+            session = server.sessions.get(main.session_id)
+            if main.migrated_out or main.session_id in self._told:
+                if session is not None:
+                    log.warning("handover: session %#010x: closed (told to move)", main.session_id)
+                    server.sessions.remove(session)
+                    closed += 1
+            elif main.migration_dst is not None:
+                main.cancel_migration()  # (the client goes on here)
+        for channel in server.channels.values():
+            backend = _stream_backend(channel)
+            if backend is not None:
+                backend.reclaim()
+        server.resume_accepting()
+        return closed
 
     async def send_peer(self, channel: VmcChannel) -> None:
         """Release the channel's peer (if any) and send it, with the bytes in flight
@@ -175,21 +253,29 @@ class Handover:
         # boundary finds nothing to drop (these bytes are newer than the peer's unsent)
         queued = channel.device.take_pending_writes()
         peer: PeerHandover | None = None
-        if backend is not None:
-            peer = await backend.release_peer(self.drain)
-        msg: dict[str, Any] = {"t": "peer", "key": list(channel.key), "queued": len(queued)}
-        if peer is not None:
-            msg.update(
-                unsent=len(peer.unsent),
-                early=len(peer.early),
-                **{"had-client": peer.had_client, "spoke": peer.spoke},
-            )
         try:
-            await self.fd.send(msg, [peer.sock] if peer is not None else [])
+            if backend is not None:
+                peer = await backend.release_peer(self.drain)
+            msg: dict[str, Any] = {"t": "peer", "key": list(channel.key), "queued": len(queued)}
             if peer is not None:
-                await self.fd.send_bytes(peer.unsent)
-                await self.fd.send_bytes(peer.early)
-            await self.fd.send_bytes(queued)
+                msg.update(
+                    unsent=len(peer.unsent),
+                    early=len(peer.early),
+                    **{"had-client": peer.had_client, "spoke": peer.spoke},
+                )
+            async with self._sending:  # a message and its bytes, not interleaved
+                await self.fd.send(msg, [peer.sock] if peer is not None else [])
+                if peer is not None:
+                    await self.fd.send_bytes(peer.unsent)
+                    await self.fd.send_bytes(peer.early)
+                await self.fd.send_bytes(queued)
+        except BaseException:
+            # the peer and its bytes are gone (a session's bytes never go to another
+            # peer); the backend finds a new peer if the handover is rolled back
+            lost = len(queued) + (len(peer.unsent) if peer is not None else 0)
+            self.report.lost_bytes += lost
+            log.warning("handover: %s: not handed over: %d bytes lost", channel.label, lost)
+            raise
         finally:
             if peer is not None:
                 peer.close()  # (the new process holds its own descriptor)
@@ -229,23 +315,25 @@ async def hand_over(
     """Hand every session, listener and backend peer of `server` to the server waiting
     at the handover socket `path` (`trivmc serve --await-handover PATH`); set
     `server.handed_over` at the end (the caller stops serving then). Raises OSError
-    when nobody waits there, and HandoverProtocolError for a bad answer (nothing was
-    moved before `hello` completed)."""
+    when nobody waits there (nothing changed), and HandoverFailed when the handover
+    broke off (`Handover.roll_back`: this server goes on serving)."""
     dst = destination(server, host)
     fd = await fdpass.connect(path)
     handover = Handover(server, fd, drain=drain)
     handover.report.started = trio.current_time()
     try:
         await handover.hello()
-        if list(server.sessions):
-            outcomes = await server.migrate_sessions(
-                dst,
-                connect_timeout=connect_timeout,
-                channel_step=handover.move_channel,
-                leave_timeout=None,  # (this server stops after the handover)
-            )
-            handover.report.outcomes = {cid: o.value for cid, o in outcomes.items()}
+        await handover.move_sessions(dst, connect_timeout)
+        if handover.broken is not None:
+            raise HandoverFailed(handover.broken)
         await handover.finish()
+    except (OSError, EOFError, fdpass.HandoverProtocolError, HandoverFailed) as e:
+        closed = handover.roll_back()
+        lost = handover.report.lost_bytes
+        raise HandoverFailed(
+            f"{e}; this server goes on serving ({closed} sessions told to move were"
+            f" closed, {handover.report.peers} peers went, {lost} bytes in flight lost)"
+        ) from e
     finally:
         fd.close()
     handover.report.finished = trio.current_time()

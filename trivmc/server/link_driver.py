@@ -149,6 +149,8 @@ class LinkDriver:
                             code = LinkError.BAD_CONNECTION_ID
                         elif self.policy.channel_status(mess, conn) != LinkError.OK:
                             code = LinkError.CHANNEL_NOT_AVAILABLE
+                    elif code == LinkError.OK and self.sessions.leaving(mess.connection_id):
+                        code = LinkError.BAD_CONNECTION_ID  # (session.py, `leaving`)
                     await stream.send_all(machine.result(code))
                     if code != LinkError.OK:
                         self._refuse(peer, code, f"channel {mess.channel_type}:{mess.channel_id}")

@@ -44,7 +44,7 @@ from ..protocol import (
 from ..protocol.channel import MigrationState
 from ..protocol.messages import Body
 from .channel import ChannelClient, ChannelOptions, UnknownMessage
-from .session import ServerSession
+from .session import EXPECT_TTL, ServerSession
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,8 @@ class MainChannelClient(ChannelClient):
         else:
             self._answered(MigrationOutcome.NONE)
             return
+        if self.session is not None:  # its link to `dst` is never a session here
+            self.session.leaving_until = time.monotonic() + EXPECT_TTL
         log.info("%s: migration to %s begins", self.name, dst.host_text)
 
     def _answered(self, outcome: MigrationOutcome) -> None:

@@ -20,7 +20,7 @@ import trio
 
 from ..backends import Backend
 from ..protocol import ChannelType, LinkError, MigrationDstInfo, check_password
-from .accept import accept_loop, raise_fd_limit
+from .accept import Acceptor, raise_fd_limit
 from .admission import PendingLink, PendingLinks, source_key
 from .channel import Traffic
 from .channel_runner import ChannelRunner
@@ -75,9 +75,9 @@ class Server:
         self.tls_addresses: list[object] = []
         self.addresses: list[object] = []  # the plain ones, once serving
         # the listening sockets while serving, each with whether it is TLS (a handover
-        # passes them on); `stop_accepting` cancels `_accepting`
+        # passes them on), and their accept loops
         self.listeners: list[tuple[trio.socket.SocketType, bool]] = []
-        self._accepting = trio.CancelScope()
+        self._acceptor = Acceptor()
         self.handed_over = trio.Event()  # a handover moved everything here
         # nothing is left to serve (`trivmc serve` then exits): set by the control
         # socket's handover once its answer is sent
@@ -280,29 +280,23 @@ class Server:
                 # first keys were made is started here, with the others (once)
                 self.registry.start(nursery)
                 self.listeners = [(sock, secure) for sock, _, secure in listeners]
-                nursery.start_soon(self._accept_all, nursery, listeners)
+                self._acceptor.start(
+                    nursery, listeners, functools.partial(self._accepted, nursery)
+                )
                 task_status.started(addresses)
         finally:
             self.registry.stop()
             for sock, _, _ in listeners:
                 sock.close()
 
-    async def _accept_all(
-        self, nursery: trio.Nursery, listeners: list[tuple[trio.socket.SocketType, object, bool]]
-    ) -> None:
-        """Accept on every listener until `stop_accepting()` or cancellation."""
-        with self._accepting:
-            async with trio.open_nursery() as accepting:
-                for sock, addr, secure in listeners:
-                    name = format_address(addr) + (" (TLS)" if secure else "")
-                    on_accept = functools.partial(self._accepted, nursery, secure=secure)
-                    accepting.start_soon(accept_loop, sock, on_accept, name)
-                    log.info("listening on %s", name)
-
     def stop_accepting(self) -> None:
         """Accept no more connections (a handover: the next process accepts on the same
         listening sockets); the connections served go on."""
-        self._accepting.cancel()
+        self._acceptor.stop()
+
+    def resume_accepting(self) -> None:
+        """Accept again after `stop_accepting` (the handover failed)."""
+        self._acceptor.resume()
 
     async def __aenter__(self) -> list[object]:
         """Serve in the background; the value is the list of bound addresses."""

@@ -40,6 +40,9 @@ class ServerSession:
         # tells the client of channels that appeared (MSG_MAIN_CHANNELS_LIST); set by
         # the main channel once it runs
         self.announce: Callable[[list[tuple[int, int]]], None] | None = None
+        # told to migrate (monotonic deadline): a main link presenting this id is the
+        # client looking for its destination, never a new session here (`leaving`)
+        self.leaving_until = 0.0
 
     def join(self, scope: trio.CancelScope) -> None:
         """Tie a channel's cancel scope to this session's lifetime."""
@@ -111,6 +114,13 @@ class SessionTable:
         if not 0 < connection_id < 1 << 32:
             raise ValueError(f"a connection id is a non-zero u32, not {connection_id}")
         self.expected[connection_id] = time.monotonic() + ttl
+
+    def leaving(self, connection_id: int) -> bool:
+        """The live session `connection_id` was told to migrate less than EXPECT_TTL
+        ago: a main link presenting its id went to this server by mistake (a handover
+        that failed: the destination was this address) and must not replace it."""
+        session = self.get(connection_id)
+        return session is not None and session.leaving_until > time.monotonic()
 
     def create(self, connection_id: int = 0) -> ServerSession:
         """A new session (replacing others unless multi-session): a migration target
