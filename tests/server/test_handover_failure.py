@@ -41,6 +41,9 @@ async def dies_after_the_first_peer(fd: fdpass.FdChannel) -> None:
         sock.close()  # (the process died: the peer's connection closes)
 
 
+DIED: list[float] = []  # when the last dying new server died (trio time)
+
+
 async def a_dying_new_server(sock: trio.socket.SocketType, behave: NewSide) -> None:
     """Take the hello (closing the listeners it brings), play `behave`, then die."""
     conn, _ = await sock.accept()
@@ -54,6 +57,7 @@ async def a_dying_new_server(sock: trio.socket.SocketType, behave: NewSide) -> N
         await behave(fd)
     finally:
         fd.close()
+        DIED[:] = [trio.current_time()]
 
 
 async def echo_once(ch: trio.abc.Stream, data: bytes) -> None:
@@ -84,6 +88,7 @@ async def test_a_new_server_dying_after_ready_leaves_the_old_one_serving(tmp_pat
             nursery.start_soon(a_dying_new_server, sock, dies_after_ready)
             with pytest.raises(HandoverFailed, match="goes on serving"):
                 await hand_over(old, str(tmp_path / "h"), connect_timeout=5)
+            back = trio.current_time()
             assert not old.handed_over.is_set()
             # the client's link to its destination reaches this server, which refuses
             # it (it must not replace the session); the client stays where it is
@@ -94,6 +99,11 @@ async def test_a_new_server_dying_after_ready_leaves_the_old_one_serving(tmp_pat
             assert old.sessions.get(session.session_id) is not None
             # the session was not told to move: it goes on, through the same connection
             await echo_once(ch, b"after the failed handover")
+            print(
+                f"failed handover: serving again {(back - DIED[0]) * 1e3:.1f} ms after the"
+                f" new server died, the session's echo after"
+                f" {(trio.current_time() - DIED[0]) * 1e3:.1f} ms"
+            )
             assert session.migrations == 0
             assert device.connections == 1 and device.closed == 0
             assert port.bytes_dropped == 0 and port.device.buffered_bytes == 0
