@@ -165,3 +165,55 @@ async def test_the_control_command_reports_a_failed_handover(tmp_path: Path) -> 
             await commands.handover({"to": str(tmp_path / "h")})
         assert commands.after_reply is None and not old.done.is_set()
         nursery.cancel_scope.cancel()
+
+
+class RacingListener:
+    """A listener whose first accept returns only after the backend's listener was
+    released: a handover's hello that runs just as a peer connects."""
+
+    def __init__(self, inner: trio.SocketListener, backend: TcpListenBackend) -> None:
+        self.inner, self.backend = inner, backend
+        self.socket = inner.socket
+        self.raced = False
+
+    async def accept(self) -> trio.SocketStream:
+        stream = await self.inner.accept()
+        if not self.raced:
+            self.raced = True
+            assert self.backend.release_listener() is not None  # (a dup, closed here)
+        return stream
+
+    async def __aenter__(self) -> RacingListener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.inner.aclose()
+
+
+class RacingTcpListen(TcpListenBackend):
+    async def open_listener(self) -> trio.SocketListener:
+        inner = await super().open_listener()
+        return RacingListener(inner, self)  # type: ignore[return-value]
+
+
+async def test_a_peer_accepted_as_the_listener_is_released_goes_with_the_handover() -> None:
+    """The peer accepted in that moment is bridged, not closed: `release_peer` hands
+    its connection on, still open."""
+    backend = RacingTcpListen("127.0.0.1", 0)
+    server = Server(config())
+    server.add_webdav(backend)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve)
+        await backend.listening.wait()
+        assert backend.bound is not None
+        peer = await trio.open_tcp_stream(*backend.bound)
+        await settle(lambda: backend.peer is not None)  # bridged, after the release
+        assert backend.released
+        handed = await backend.release_peer(0.05)
+        assert handed is not None
+        handed.sock.sendall(b"still connected")
+        with trio.fail_after(10):
+            assert await peer.receive_some() == b"still connected"
+        handed.close()
+        await peer.aclose()
+        nursery.cancel_scope.cancel()

@@ -47,16 +47,20 @@ class ListeningBackend(StreamBackend):
         async with listener:
             await self.bridge_adopted()  # a peer handed over by the previous process
             while True:
+                stream: trio.abc.Stream | None = None
                 with trio.CancelScope() as self._accept_scope:
-                    while not self.released:
+                    while not self.released and stream is None:
                         try:
                             stream = await listener.accept()
                         except OSError as e:
                             log.warning("%s: accept failed: %s", self.name, e)
                             await trio.sleep(ACCEPT_PAUSE)
-                            continue
-                        log.info("%s: peer connected", self.name)
-                        await self.bridge(stream)
+                if stream is not None:
+                    # (outside the accept scope: a peer accepted just as the listener
+                    # was released is bridged, and goes with the handover)
+                    log.info("%s: peer connected", self.name)
+                    await self.bridge(stream, own=True)
+                    continue
                 # handed over: the next process accepts (this one again after `reclaim`)
                 await self._released.wait_value(False)
 

@@ -262,14 +262,16 @@ class StreamBackend:
         self._drop_out()
         return self.dropped - self._dropped_at_leave
 
-    async def bridge(self, stream: trio.abc.Stream, adopted: PeerHandover | None = None) -> None:
+    async def bridge(
+        self, stream: trio.abc.Stream, adopted: PeerHandover | None = None, own: bool = False
+    ) -> None:
         """Serve `stream` as the peer until it closes or its session ends; never raises
-        for the peer's failure. Bytes left for it are dropped, not carried on.
-        `adopted`: the peer comes from another process's handover, with its state.
-        After `release_peer()` it returns only after `reclaim()` (the peer went to
-        another process: none of its own meanwhile)."""
+        for the peer's failure; bytes left for it are dropped, not carried on.
+        `adopted`: a peer from another process's handover, with its state. After a
+        release it returns only after `reclaim()`, and closes `stream` unless `own` (a
+        peer that came before the release: it goes with the handover)."""
         assert self.chardev is not None
-        if self.released:
+        if self.released and not own:
             await trio.aclose_forcefully(stream)
             await self._released.wait_value(False)
             return
