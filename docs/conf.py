@@ -90,11 +90,6 @@ nitpick_ignore = [
     ("py:obj", "migration_main.migrate_sessions"),
     ("py:obj", "start_migration"),
     ("py:obj", "trivmc.server.keypool.KeyPool"),
-    # public names a docstring mentions without their class, or attributes without a doc
-    # comment (so autodoc lists none): the fix is in trivmc/'s docstrings
-    ("py:obj", "Session.last_migration"),  # trivmc.client.Session.last_migration
-    ("py:obj", "max_queued"),  # a ChannelOptions field, named in ChannelClient
-    ("py:obj", "may_send"),  # trivmc.protocol.ChannelConnection.may_send
     # wire and protocol words, not Python names: QMP's `return`, error `cls` and `to`
     # argument, the WebSocket subprotocol `binary`, spice-server's `st`, message fields
     ("py:obj", "binary"),

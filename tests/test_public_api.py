@@ -29,6 +29,8 @@ PACKAGES = [
     "trivmc.chardev",
     "trivmc.backends",
     "trivmc.protocol",
+    "trivmc.control",
+    "trivmc.transport",
 ]
 
 

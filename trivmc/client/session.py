@@ -77,6 +77,7 @@ class Session:
         self.closed = False
         self.follow_migration = follow_migration
         self.migrations = 0  # moves completed (docs/migration.md)
+        #: how the last move went (None before the first)
         self.last_migration: MoveKind | None = None
         self._migrated = RepeatedEvent()
         self._target: Target | None = None

@@ -50,6 +50,8 @@ class ControlClient:
         return msg
 
     async def negotiate(self) -> None:
+        """Read the greeting (kept in `greeting`) and leave negotiation mode
+        (qmp_capabilities); BrokenResourceError if the peer is not a QMP server."""
         self.greeting = await self._receive()
         if "QMP" not in self.greeting:
             raise trio.BrokenResourceError(f"not a QMP greeting: {self.greeting!r}")

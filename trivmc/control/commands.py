@@ -168,6 +168,8 @@ class Commands:
         }
 
     async def run(self, name: str, args: Args) -> Any:
+        """Run command `name` with `args` checked against its parameters; its return
+        value, or CommandError (CommandNotFound for an unknown name)."""
         entry = self.table.get(name)
         if entry is None:
             raise CommandError(f"The command {name} has not been found", "CommandNotFound")
@@ -177,10 +179,12 @@ class Commands:
     # ---- QEMU's commands -----------------------------------------------------------
 
     async def query_version(self, args: Args) -> Any:
+        """QEMU's VersionInfo: trivmc's version as qemu major/minor/micro, and package."""
         major, minor, micro = self.version
         return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": self.package}
 
     async def query_commands(self, args: Args) -> Any:
+        """Every command this socket answers, as QEMU lists them (`{"name": ...}`)."""
         return [{"name": name} for name in ("qmp_capabilities", *self.table)]
 
     async def query_spice(self, args: Args) -> Any:
@@ -206,6 +210,7 @@ class Commands:
         return info
 
     async def set_password(self, args: Args) -> Any:
+        """QEMU's set_password for protocol "spice": `Server.set_password`."""
         if args["protocol"] != "spice":
             raise CommandError("trivmc serves SPICE only: protocol must be 'spice'")
         try:
@@ -215,6 +220,8 @@ class Commands:
         return {}
 
     async def expire_password(self, args: Args) -> Any:
+        """QEMU's expire_password for protocol "spice": `time` is now, never, +SECONDS
+        or an absolute time_t."""
         if args["protocol"] != "spice":
             raise CommandError("trivmc serves SPICE only: protocol must be 'spice'")
         self.server.expire_password(parse_expiry(args["time"], time.time()))
@@ -223,6 +230,7 @@ class Commands:
     # ---- trivmc's own --------------------------------------------------------------
 
     async def query_channels(self, args: Args) -> Any:
+        """Every hosted channel: type, id, label, whether offered, its client and counters."""
         out = []
         for channel in self.server.channels.values():
             client = channel.client
@@ -242,6 +250,7 @@ class Commands:
         return out
 
     async def query_sessions(self, args: Args) -> Any:
+        """Every live session by connection-id, with its linked channels."""
         sessions: dict[int, list[dict[str, Any]]] = {
             s.connection_id: [] for s in self.server.sessions
         }
@@ -250,6 +259,7 @@ class Commands:
         return [{"connection-id": cid, "channels": chans} for cid, chans in sessions.items()]
 
     async def add_channel(self, args: Args) -> Any:
+        """Host a new channel (type, backend spec, name for a port) while serving."""
         kind = args["type"]
         try:
             backend = parse_backend(args["backend"])()
@@ -283,11 +293,13 @@ class Commands:
         return found
 
     async def remove_channel(self, args: Args) -> Any:
+        """Stop hosting a channel (`Server.remove_channel`); its label."""
         channel = self._find(args)
         await self.server.remove_channel(channel)
         return {"label": channel.label}
 
     async def disconnect_session(self, args: Args) -> Any:
+        """Close the session `connection-id` and its channels; an error if none."""
         cid = args["connection-id"]
         if not self.server.disconnect_session(cid):
             raise CommandError(f"no session with connection-id {cid}")

@@ -61,7 +61,8 @@ class UnknownMessage(ProtocolError):
 
 @dataclass(frozen=True)
 class WindowOpened:
-    """An ACK for the current generation: `may_send` may have become true."""
+    """An ACK for the current generation: `ChannelConnection.may_send` may have
+    become true."""
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ class ChannelClient:
 
     Guarantees: messages are written in the order sent; `run()` returns when the peer
     closes, and raises `ProtocolError` (after logging nothing itself) on bad input, on
-    a queue above `max_queued` bytes (`PeerNotReading`) and on unanswered PINGs
+    a queue above `ChannelOptions.max_queued` bytes (`PeerNotReading`) and on unanswered PINGs
     (`PeerUnresponsive`); the queue is dropped and the socket never written again once
     `run()` ends.
 
@@ -193,7 +193,7 @@ class ChannelClient:
         sender.push((header, body) if size else (header,), len(header) + size)
 
     def send_large(self, mtype: int, body: Body) -> None:
-        """`send` without the `max_queued` bound, for a message whose size its maker
+        """`send` without the `ChannelOptions.max_queued` bound, for a message whose size its maker
         bounds (MIGRATE_DATA: a device's byte budget plus one message, above it)."""
         header = self._header(mtype, len(body))
         self.sender.push((header, body) if body else (header,), len(header) + len(body))
