@@ -71,7 +71,8 @@ class StreamBackend:
         self.adoption: Adoption | None = None
         # the peer went to another process: nothing more here (until `reclaim`)
         self._released = AsyncBool(False)
-        self._halted = AsyncBool(False)  # the reader stops between two reads
+        self._stop_reading = False  # between two reads (a bool: read per chunk) ...
+        self._resume = trio.Event()  # ... until this is set (`reclaim`)
         self._in_receive = False  # the reader waits in receive_some (nothing in hand)
         self._reader_scope: trio.CancelScope | None = None
         self._reader_stopped = trio.Event()
@@ -81,8 +82,7 @@ class StreamBackend:
 
     @property
     def released(self) -> bool:
-        """The peer (or the listener) went to another process: this backend opens no
-        peer of its own until `reclaim()`."""
+        """The peer (or listener) went to another process: no peer until `reclaim()`."""
         return bool(self._released.value)
 
     @released.setter
@@ -148,17 +148,16 @@ class StreamBackend:
         while True:
             if await self._read_peer(stream):
                 return  # the peer closed its side
-            # stopped for a handover: the writer goes on until the peer is released,
-            # or reading goes on where it stopped (a failed handover: `reclaim`)
-            self._reader_stopped.set()
-            await self._halted.wait_value(False)
+            # stopped for a handover: the writer goes on until the peer is released
+            self._reader_stopped.set()  # (or reading goes on after a failed one)
+            await self._resume.wait()
             self._reader_stopped = trio.Event()
 
     async def _read_peer(self, stream: trio.abc.Stream) -> bool:
         """Read the peer until it closes (True) or `stop_reading` (False)."""
         assert self.chardev is not None
         with trio.CancelScope() as self._reader_scope:
-            while not self._halted.value:
+            while not self._stop_reading:
                 self._in_receive = True  # (stop_reading may cancel: nothing is in hand)
                 data = await stream.receive_some(RECEIVE_SIZE)
                 self._in_receive = False
@@ -249,7 +248,7 @@ class StreamBackend:
         the bytes of the departed client dropped since it left (by the bridge too, when
         the peer went or was closed with bytes left). A persistent pipe keeps its peer
         and its bytes (0)."""
-        if not self.per_session or self._halted.value:
+        if not self.per_session or self._stop_reading:
             return 0  # (in a handover the peer, and its session, move on)
         with trio.move_on_at(deadline):
             await self.wait_out_drained()
@@ -324,7 +323,8 @@ class StreamBackend:
     async def stop_reading(self) -> None:
         """Stop reading the peer between two reads (what was read is handed to the
         chardev first); the writer goes on. Returns at once without a peer."""
-        self._halted.value = True
+        if not self._stop_reading:
+            self._stop_reading, self._resume = True, trio.Event()
         if self.peer is None or self._reader_scope is None or self._reader_stopped.is_set():
             return  # (no scheduling point then)
         if self._in_receive:
@@ -352,14 +352,13 @@ class StreamBackend:
         return handover
 
     def reclaim(self) -> None:
-        """A handover failed: read the peer again if it is still here (nothing was
-        lost: the reader stopped between two reads), or find a new one (the bytes
-        that went with the old one are gone with the process that took it)."""
-        self._halted.value = False
-        self._releasing = False
-        if self._handover is not None:  # let go of, but never sent: the peer is lost
-            self._handover.close()
-            self._handover = None
+        """A handover failed: read the peer again where the reader stopped (between
+        two reads: nothing lost), or find a new one if it went to the other process."""
+        self._stop_reading, self._releasing = False, False
+        self._resume.set()
+        handover, self._handover = self._handover, None
+        if handover is not None:  # let go of, but never sent: the peer is lost
+            handover.close()
         if self.released and self.peer is None and self.chardev is not None:
             self.chardev.set_fe_open(False)  # (the peer that kept it open went)
         self.released = False
