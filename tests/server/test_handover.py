@@ -71,6 +71,15 @@ def config() -> ServerConfig:
     return ServerConfig(listen=[("127.0.0.1", 0)], key_pool_size=4, key_process=False)
 
 
+async def take_over(sock: trio.socket.SocketType, new: Server, nursery: trio.Nursery) -> None:
+    """The new server's side: take the hello at `sock`, serve the listeners it
+    brought (in `nursery`), and take the peers as they come."""
+    listeners, receiver = await accept_handover(sock, new)
+    new.config = dataclasses.replace(new.config, listen=[])
+    await nursery.start(lambda **kw: new.serve(inherited=listeners, **kw))
+    nursery.start_soon(receiver.run)
+
+
 async def test_handover_keeps_the_qemu_connection_and_the_listener(tmp_path: Path) -> None:
     qemu = FakeQemu()
     old, new = Server(config()), Server(config())
@@ -84,16 +93,7 @@ async def test_handover_keeps_the_qemu_connection_and_the_listener(tmp_path: Pat
 
         sock = await listen_for_handover(str(tmp_path / "handover"))
 
-        async def take_over(
-            *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-        ) -> None:
-            listeners, receiver = await accept_handover(sock, new)
-            new.config = dataclasses.replace(new.config, listen=[])
-            await nursery.start(lambda **kw: new.serve(inherited=listeners, **kw))
-            nursery.start_soon(receiver.run)
-            task_status.started()
-
-        nursery.start_soon(take_over)
+        nursery.start_soon(take_over, sock, new, nursery)
         report = await hand_over(old, str(tmp_path / "handover"))
         assert old.handed_over.is_set()
         assert report.peers == 1 and report.listeners == 1
@@ -159,12 +159,6 @@ async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(
         (address,) = await nursery.start(old.serve)
         sock = await listen_for_handover(str(tmp_path / "handover"))
 
-        async def take_over() -> None:
-            listeners, receiver = await accept_handover(sock, new)
-            new.config = dataclasses.replace(new.config, listen=[])
-            await nursery.start(lambda **kw: new.serve(inherited=listeners, **kw))
-            nursery.start_soon(receiver.run)
-
         async with connect(f"spice://{address[0]}:{address[1]}") as session:
             ch = await session.open_port(PORT)
             got = bytearray()
@@ -206,7 +200,7 @@ async def test_a_session_moves_with_its_bytes_in_flight_exactly_once(
                 if device_stalls:  # until the kernel's buffers are full, then ours fill
                     device.reading = trio.Event()
                     await settle(lambda: old_channel.device.buffered_bytes > 0)
-                inner.start_soon(take_over)
+                inner.start_soon(take_over, sock, new, nursery)
                 report = await hand_over(old, str(tmp_path / "handover"), drain=0.05)
                 device.reading.set()
                 finish.set()
@@ -286,13 +280,7 @@ async def test_a_client_that_cannot_migrate_leaves_its_queued_bytes_to_the_new_s
         nursery.start_soon(lambda: _send_all(port, sent))
         await settle(lambda: old_channel.device.buffered_bytes > 0 and device.connections == 1)
 
-        async def take_over() -> None:
-            listeners, receiver = await accept_handover(sock, new)
-            new.config = dataclasses.replace(new.config, listen=[])
-            await nursery.start(lambda **kw: new.serve(inherited=listeners, **kw))
-            nursery.start_soon(receiver.run)
-
-        nursery.start_soon(take_over)
+        nursery.start_soon(take_over, sock, new, nursery)
         report = await hand_over(old, str(tmp_path / "h"), connect_timeout=1, drain=0.05)
         assert report.outcomes == {session: "none"}  # (SWITCH_HOST)
         assert report.queued_bytes > 0
@@ -328,17 +316,11 @@ async def test_a_session_with_two_channels_moves_both(tmp_path: Path) -> None:
         await settle(lambda: old.channels[(ChannelType.USBREDIR, 0)].chardev.fe_open)
         sock = await listen_for_handover(str(tmp_path / "h"))
 
-        async def take_over() -> None:
-            listeners, receiver = await accept_handover(sock, new)
-            new.config = dataclasses.replace(new.config, listen=[])
-            await nursery.start(lambda **kw: new.serve(inherited=listeners, **kw))
-            nursery.start_soon(receiver.run)
-
         async with connect(f"spice://{address[0]}:{address[1]}") as session:
             port = await session.open_port(PORT)
             usb = await session.open_usbredir()
             assert await usb.receive_some() == HELLO
-            nursery.start_soon(take_over)
+            nursery.start_soon(take_over, sock, new, nursery)
             report = await hand_over(old, str(tmp_path / "h"), drain=0.05)
             assert report.outcomes == {session.session_id: "seamless"} and report.peers == 2
             await port.send_all(b"ping")
