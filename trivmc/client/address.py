@@ -18,6 +18,9 @@ class Address:
     tls_port: int | None = None
     websocket: bool = False
     target: str = "/"
+    #: a migration destination's certificate subject (MIGRATE_BEGIN): when set, TLS
+    #: verifies it instead of the host name, as spice-gtk's cert-subject does
+    cert_subject: str | None = None
 
     @property
     def is_unix(self) -> bool:

@@ -26,6 +26,7 @@ from ..protocol import (
 )
 from ..protocol.channel import ChannelConnection, Role
 from ..transport import client_tls_context
+from ..transport.tls import subject_matches
 from .address import Address
 from .errors import SpiceLinkError
 
@@ -55,12 +56,7 @@ async def open_stream(
     stream: trio.abc.Stream = sock
     try:
         if secure:
-            ctx = tls or client_tls_context()
-            tls_stream = trio.SSLStream(
-                sock, ctx, server_hostname=address.host, https_compatible=True
-            )
-            await tls_stream.do_handshake()
-            stream = tls_stream
+            stream = await _tls_handshake(sock, tls or client_tls_context(), address)
         if address.websocket:
             from ..transport.websocket import connect_websocket  # wsproto when used
 
@@ -68,6 +64,29 @@ async def open_stream(
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
+    return stream
+
+
+async def _tls_handshake(
+    sock: trio.SocketStream, ctx: ssl.SSLContext, address: Address
+) -> trio.SSLStream[trio.SocketStream]:
+    """TLS over `sock`, the chain verified by `ctx`, then the host name, or, for an
+    address with a `cert_subject`, the certificate's subject instead (an OSError
+    when it differs)."""
+    by_subject = address.cert_subject is not None
+    saved = ctx.check_hostname
+    ctx.check_hostname = saved and not by_subject  # (read once, by wrap_bio, here)
+    try:
+        stream = trio.SSLStream(sock, ctx, server_hostname=address.host, https_compatible=True)
+    finally:
+        ctx.check_hostname = saved
+    await stream.do_handshake()
+    if address.cert_subject is not None:
+        der = stream.getpeercert(binary_form=True)
+        if not der or not subject_matches(der, address.cert_subject):
+            raise ssl.SSLCertVerificationError(
+                f"the certificate's subject is not {address.cert_subject!r}"
+            )
     return stream
 
 

@@ -50,7 +50,8 @@ def destination(dst: MigrationDstInfo) -> Address:
     tls_port = dst.sport or None
     if port is None and tls_port is None:
         raise ValueError(f"the destination {dst.host_text!r} has no port")
-    return Address(host=dst.host_text, port=port, tls_port=tls_port)
+    subject = dst.cert_subject.decode(errors="replace") or None
+    return Address(host=dst.host_text, port=port, tls_port=tls_port, cert_subject=subject)
 
 
 @dataclass(eq=False)
