@@ -217,3 +217,44 @@ async def test_a_peer_accepted_as_the_listener_is_released_goes_with_the_handove
         handed.close()
         await peer.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_handover_rolls_back(tmp_path: Path) -> None:
+    """The caller cancels the handover while the sessions move (the new side took
+    the hello and says nothing more): the old server serves as before."""
+    device = EchoDevice()
+    old = Server(config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(device.serve)
+        old.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
+        (address,) = await nursery.start(old.serve)
+        path = tmp_path / "h"
+        sock = await listen_for_handover(str(path))
+
+        async def silent(fd: fdpass.FdChannel) -> None:
+            await fd.send({"t": "ready"})
+            await trio.sleep_forever()
+
+        nursery.start_soon(a_dying_new_server, sock, silent)
+        async with connect(f"spice://{address[0]}:{address[1]}") as session:
+            ch = await session.open_port(PORT)
+            await echo_once(ch, b"before")
+            with trio.CancelScope() as scope:
+                nursery.start_soon(lambda: settle_then_cancel(old, session.session_id, scope))
+                await hand_over(old, str(path), connect_timeout=30)
+            assert scope.cancelled_caught and not old.handed_over.is_set()
+            await settle(lambda: session._target is None)  # its link was refused
+            await echo_once(ch, b"after the cancelled handover")
+            assert device.connections == 1 and device.closed == 0
+        main, sid = await main_link(address)  # accepting again
+        assert sid
+        await main.stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def settle_then_cancel(server: Server, session_id: int, scope: trio.CancelScope) -> None:
+    """Cancel `scope` once the session was told to migrate."""
+    await settle(
+        lambda: (s := server.sessions.get(session_id)) is not None and s.leaving_until > 0
+    )
+    scope.cancel()

@@ -316,7 +316,8 @@ async def hand_over(
     at the handover socket `path` (`trivmc serve --await-handover PATH`); set
     `server.handed_over` at the end (the caller stops serving then). Raises OSError
     when nobody waits there (nothing changed), and HandoverFailed when the handover
-    broke off (`Handover.roll_back`: this server goes on serving)."""
+    broke off (`Handover.roll_back`: this server goes on serving); cancelled, it rolls
+    back the same way."""
     dst = destination(server, host)
     fd = await fdpass.connect(path)
     handover = Handover(server, fd, drain=drain)
@@ -334,6 +335,9 @@ async def hand_over(
             f"{e}; this server goes on serving ({closed} sessions told to move were"
             f" closed, {handover.report.peers} peers went, {lost} bytes in flight lost)"
         ) from e
+    except BaseException:  # cancelled (the server stops, or whoever asked went away)
+        handover.roll_back()
+        raise
     finally:
         fd.close()
     handover.report.finished = trio.current_time()
