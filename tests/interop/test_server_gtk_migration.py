@@ -1,7 +1,9 @@
-"""spice-gtk (the real client) follows a seamless move between two trivmc servers: it
-links main and a port to A, echoes through it, A moves the session to B
-(`Server.migrate_sessions`), and the same port keeps echoing, now through B. spice-gtk's
-own log (SPICE_DEBUG=1) is shown when something fails."""
+"""spice-gtk (the real client) follows a move between two trivmc servers: it links main
+and a port to A, echoes through it, A moves the session to B
+(`Server.migrate_sessions`), and the same port keeps echoing, now through B. Seamless,
+and semi-seamless (`seamless=False`, QEMU's default: MIGRATE_BEGIN, then MIGRATE_END,
+which B answers with MAIN_INIT). spice-gtk's own log (SPICE_DEBUG=1) is shown when
+something fails."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
 import trio
 
 from trivmc.backends import EchoBackend
@@ -63,8 +66,9 @@ def tail(log: Path) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-80:])
 
 
-async def test_spice_gtk_follows_a_seamless_move_between_two_trivmc_servers(
-    tmp_path: Path,
+@pytest.mark.parametrize("seamless", [True, False], ids=["seamless", "semi-seamless"])
+async def test_spice_gtk_follows_a_move_between_two_trivmc_servers(
+    tmp_path: Path, seamless: bool
 ) -> None:
     require_gtk()
     a, b = Server(config()), Server(config())
@@ -72,12 +76,19 @@ async def test_spice_gtk_follows_a_seamless_move_between_two_trivmc_servers(
     b_channel = b.add_port(PORT, EchoBackend())
     log = tmp_path / "spice-gtk.log"
     with log.open("wb") as err:  # spice-gtk's stderr (its SPICE_DEBUG log)
-        await _follow(a, b, a_channel, b_channel, log, err)
+        await _follow(a, b, a_channel, b_channel, log, err, seamless)
 
 
 async def _follow(
-    a: Server, b: Server, a_channel: VmcChannel, b_channel: VmcChannel, log: Path, err: IO[bytes]
+    a: Server,
+    b: Server,
+    a_channel: VmcChannel,
+    b_channel: VmcChannel,
+    log: Path,
+    err: IO[bytes],
+    seamless: bool,
 ) -> None:
+    kind = MigrationOutcome.SEAMLESS if seamless else MigrationOutcome.SEMI_SEAMLESS
     async with a as a_addrs, b as b_addrs, trio.open_nursery() as nursery:
         a_host, a_port = a_addrs[0]  # type: ignore[misc]
         b_host, b_port = b_addrs[0]  # type: ignore[misc]
@@ -101,12 +112,14 @@ async def _follow(
             b.expect_migration(sid)
             dst = MigrationDstInfo(port=b_port, sport=0, host=str(b_host).encode())
             with trio.fail_after(30):
-                outcomes = await a.migrate_sessions(dst, connect_timeout=10, leave_timeout=1)
-            assert outcomes == {sid: MigrationOutcome.SEAMLESS}, tail(log)
+                outcomes = await a.migrate_sessions(
+                    dst, connect_timeout=10, leave_timeout=1, seamless=seamless
+                )
+            assert outcomes == {sid: kind}, tail(log)
             with trio.move_on_after(30):
-                while b.migrations_in[MigrationOutcome.SEAMLESS] != 1 or len(a.sessions):
+                while b.migrations_in[kind] != 1 or len(a.sessions):
                     await trio.sleep(0.01)
-            assert b.migrations_in == {MigrationOutcome.SEAMLESS: 1}, (seen, tail(log))
+            assert b.migrations_in == {kind: 1}, (seen, tail(log))
             assert not len(a.sessions), (seen, tail(log))
             assert b.sessions.get(sid) is not None
 
@@ -122,4 +135,4 @@ async def _follow(
     assert not [e for e in seen if e["event"] == "channel-event" and e["name"] != "opened"], seen
     states = [e["state"] for e in seen if e["event"] == "migration-state"]
     assert states and states[-1] == 0, seen  # SPICE_SESSION_MIGRATION_NONE at the end
-    assert a.migrations_out == {MigrationOutcome.SEAMLESS: 1}
+    assert a.migrations_out == {kind: 1}

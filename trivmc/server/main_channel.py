@@ -106,6 +106,7 @@ class MainChannelClient(ChannelClient):
         self.migration_dst: MigrationDstInfo | None = None
         self._mig_waiting = False  # an answer to MIGRATE_BEGIN(_SEAMLESS) is awaited
         self._mig_outcome: MigrationOutcome | None = None
+        self._mig_seamless = True  # begin_migration's `seamless`
         self._mig_answered = trio.Event()
         self._flush_marked = trio.Event()  # also set when run() ends
         self._ended = False  # run() ended
@@ -211,10 +212,11 @@ class MainChannelClient(ChannelClient):
 
     # ---- source ----------------------------------------------------------------
 
-    def begin_migration(self, dst: MigrationDstInfo) -> None:
-        """Ask the client to link to `dst`: MIGRATE_BEGIN_SEAMLESS (version 1) when its
-        caps have SEAMLESS_MIGRATE and AGENT_CONNECTED_TOKENS, else MIGRATE_BEGIN when
-        they have SEMI_SEAMLESS_MIGRATE, else nothing (the outcome is NONE at once)."""
+    def begin_migration(self, dst: MigrationDstInfo, seamless: bool = True) -> None:
+        """Ask the client to link to `dst`: MIGRATE_BEGIN_SEAMLESS (version 1) when
+        `seamless` and its caps have SEAMLESS_MIGRATE and AGENT_CONNECTED_TOKENS, else
+        MIGRATE_BEGIN when they have SEMI_SEAMLESS_MIGRATE, else nothing (the outcome
+        is NONE at once). `seamless=False` is QEMU's default, seamless-migration=off."""
         caps = self.client_caps
         self.migration_dst = dst
         self._mig_answered = trio.Event()
@@ -223,8 +225,11 @@ class MainChannelClient(ChannelClient):
         if self._ended:
             self._answered(MigrationOutcome.FAILED)
             return
-        if has_cap(caps, MainCap.SEAMLESS_MIGRATE) and has_cap(
-            caps, MainCap.AGENT_CONNECTED_TOKENS
+        self._mig_seamless = seamless
+        if (
+            seamless
+            and has_cap(caps, MainCap.SEAMLESS_MIGRATE)
+            and has_cap(caps, MainCap.AGENT_CONNECTED_TOKENS)
         ):
             body = MainMigrateBeginSeamless(dst, MIGRATION_PROTOCOL_VERSION).encode()
             self.send(MsgMain.MIGRATE_BEGIN_SEAMLESS, body)
@@ -250,8 +255,10 @@ class MainChannelClient(ChannelClient):
             if success:
                 self.send(MsgMain.MIGRATE_CANCEL)
             return
-        offered = has_cap(self.client_caps, MainCap.SEAMLESS_MIGRATE) and has_cap(
-            self.client_caps, MainCap.AGENT_CONNECTED_TOKENS
+        offered = (
+            self._mig_seamless
+            and has_cap(self.client_caps, MainCap.SEAMLESS_MIGRATE)
+            and has_cap(self.client_caps, MainCap.AGENT_CONNECTED_TOKENS)
         )
         if not success:
             outcome = MigrationOutcome.FAILED

@@ -115,16 +115,18 @@ async def migrate_sessions(
     leave_timeout: float | None = LEAVE_TIMEOUT,
     close_session: Callable[[ServerSession], None] = ServerSession.close,
     counts: Counter[MigrationOutcome] | None = None,
+    seamless: bool = True,
 ) -> dict[int, MigrationOutcome]:
     """Move every session of `mains` (connection id → main channel) to `dst`:
     begin on each, wait at most `connect_timeout` for their answers, then complete
     each session concurrently (`migrate_session`, with `channels(connection_id)`),
     then give each client `leave_timeout` seconds to close its connections and close
     the session of one that did not (`close_session`; spice-server's wait for the
-    disconnect; None: neither wait nor close). Returns how each moved; `counts`
-    counts the outcomes."""
+    disconnect; None: neither wait nor close). `seamless=False` offers clients only
+    the semi-seamless path (QEMU's seamless-migration=off). Returns how each moved;
+    `counts` counts the outcomes."""
     for main in mains.values():
-        main.begin_migration(dst)
+        main.begin_migration(dst, seamless)
     with trio.move_on_after(connect_timeout):
         async with trio.open_nursery() as nursery:
             for main in mains.values():

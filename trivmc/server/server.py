@@ -195,10 +195,12 @@ class Server:
         channel_step: Callable[[VmcChannel], Awaitable[None]] | None = None,
         step_timeout: float = STEP_TIMEOUT,
         leave_timeout: float | None = LEAVE_TIMEOUT,
+        seamless: bool = True,
     ) -> dict[int, MigrationOutcome]:
         """Move every live session's client to `dst` (`migration_main.migrate_sessions`,
-        docs/migration.md); how each moved, by connection id, also counted in
-        `migrations_out` (FAILED and NONE got SWITCH_HOST)."""
+        docs/migration.md; `seamless=False`: semi-seamless only, QEMU's default); how
+        each moved, by connection id, also counted in `migrations_out` (FAILED and NONE
+        got SWITCH_HOST)."""
         mains = {m.session_id: m for m in self.main_clients if self.sessions.get(m.session_id)}
         return await migrate_sessions(
             mains,
@@ -210,6 +212,7 @@ class Server:
             leave_timeout=leave_timeout,
             close_session=self.sessions.remove,
             counts=self.runner.migrations_out,
+            seamless=seamless,
         )
 
     # ---- counters ----------------------------------------------------------------
