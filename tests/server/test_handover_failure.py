@@ -6,6 +6,8 @@ the dead process is replaced by a new one, and a listening backend accepts again
 
 from __future__ import annotations
 
+import dataclasses
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -258,3 +260,53 @@ async def settle_then_cancel(server: Server, session_id: int, scope: trio.Cancel
         lambda: (s := server.sessions.get(session_id)) is not None and s.leaving_until > 0
     )
     scope.cancel()
+
+
+async def test_a_new_server_dying_with_a_moved_session_leaves_nothing_held(
+    tmp_path: Path,
+) -> None:
+    """A real new server takes the session (the client moves to it seamlessly) and
+    dies as the device peer reaches it. The old server closes the session it had told
+    to move, its device ends idle (every token back, no byte held), and the next
+    client gets a new device connection."""
+    from trivmc.server.adoption import accept_handover
+
+    device = EchoDevice()
+    old, new = Server(config()), Server(config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(device.serve)
+        channel = old.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
+        new.add_port(PORT, TcpConnectBackend("127.0.0.1", device.port))
+        (address,) = await nursery.start(old.serve)
+        sock = await listen_for_handover(str(tmp_path / "h"))
+        new_scope = trio.CancelScope()
+
+        async def new_server_that_dies() -> None:
+            with new_scope:
+                async with trio.open_nursery() as inner:
+                    listeners, receiver = await accept_handover(sock, new)
+                    new.config = dataclasses.replace(new.config, listen=[])
+                    await inner.start(lambda **kw: new.serve(inherited=listeners, **kw))
+
+                    async def die(msg: object, socks: list[socket.socket]) -> None:
+                        for s in socks:
+                            s.close()  # (with the process: the peer's connection closes)
+                        new_scope.cancel()
+
+                    receiver._peer = die  # type: ignore[method-assign]
+                    inner.start_soon(receiver.run)
+
+        async with connect(f"spice://{address[0]}:{address[1]}") as session:
+            ch = await session.open_port(PORT)
+            await echo_once(ch, b"before")
+            nursery.start_soon(new_server_that_dies)
+            with pytest.raises(HandoverFailed, match=r"1 sessions told to move were closed"):
+                await hand_over(old, str(tmp_path / "h"), drain=0.05)
+        await settle(lambda: not len(old.sessions) and channel.client is None)
+        await settle(lambda: channel.device.idle)
+        assert device.connections == 1 and device.closed == 1  # the peer that went
+        async with connect(f"spice://{address[0]}:{address[1]}") as session:
+            ch = await session.open_port(PORT)
+            await echo_once(ch, b"a new session, a new device connection")
+        assert device.connections == 2
+        nursery.cancel_scope.cancel()
