@@ -20,7 +20,12 @@ from trivmc.backends.stream import TcpConnectBackend
 from trivmc.client import connect
 from trivmc.protocol import ChannelType, MsgcVmc, MsgVmc
 from trivmc.server import Server, ServerConfig
-from trivmc.server.adoption import HandoverRefused, accept_handover, listen_for_handover
+from trivmc.server.adoption import (
+    HandoverRefused,
+    Receiver,
+    accept_handover,
+    listen_for_handover,
+)
 from trivmc.server.handover import hand_over
 from trivmc.transport import fdpass
 
@@ -71,13 +76,17 @@ def config() -> ServerConfig:
     return ServerConfig(listen=[("127.0.0.1", 0)], key_pool_size=4, key_process=False)
 
 
-async def take_over(sock: trio.socket.SocketType, new: Server, nursery: trio.Nursery) -> None:
+async def take_over(
+    sock: trio.socket.SocketType, new: Server, nursery: trio.Nursery, take_peers: bool = True
+) -> Receiver:
     """The new server's side: take the hello at `sock`, serve the listeners it
-    brought (in `nursery`), and take the peers as they come."""
+    brought (in `nursery`), and (with `take_peers`) take the peers as they come."""
     listeners, receiver = await accept_handover(sock, new)
     new.config = dataclasses.replace(new.config, listen=[])
     await nursery.start(lambda **kw: new.serve(inherited=listeners, **kw))
-    nursery.start_soon(receiver.run)
+    if take_peers:
+        nursery.start_soon(receiver.run)
+    return receiver
 
 
 async def test_handover_keeps_the_qemu_connection_and_the_listener(tmp_path: Path) -> None:

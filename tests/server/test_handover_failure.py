@@ -6,7 +6,6 @@ the dead process is replaced by a new one, and a listening backend accepts again
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from trivmc.server.adoption import listen_for_handover
 from trivmc.server.handover import HandoverFailed, hand_over
 from trivmc.transport import fdpass
 
-from .test_handover import PORT, EchoDevice, FakeQemu, config
+from .test_handover import PORT, EchoDevice, FakeQemu, config, take_over
 from .test_migration_e2e import main_link, settle
 
 NewSide = Callable[[fdpass.FdChannel], Awaitable[None]]
@@ -269,8 +268,6 @@ async def test_a_new_server_dying_with_a_moved_session_leaves_nothing_held(
     dies as the device peer reaches it. The old server closes the session it had told
     to move, its device ends idle (every token back, no byte held), and the next
     client gets a new device connection."""
-    from trivmc.server.adoption import accept_handover
-
     device = EchoDevice()
     old, new = Server(config()), Server(config())
     async with trio.open_nursery() as nursery:
@@ -284,9 +281,7 @@ async def test_a_new_server_dying_with_a_moved_session_leaves_nothing_held(
         async def new_server_that_dies() -> None:
             with new_scope:
                 async with trio.open_nursery() as inner:
-                    listeners, receiver = await accept_handover(sock, new)
-                    new.config = dataclasses.replace(new.config, listen=[])
-                    await inner.start(lambda **kw: new.serve(inherited=listeners, **kw))
+                    receiver = await take_over(sock, new, inner, take_peers=False)
 
                     async def die(msg: object, socks: list[socket.socket]) -> None:
                         for s in socks:
