@@ -20,6 +20,7 @@ import functools
 import logging
 import resource
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import trio
 
@@ -52,7 +53,12 @@ MAX_PAUSE = 1.0
 
 OnAccept = Callable[[trio.socket.SocketType, object], None]
 Listening = tuple[trio.socket.SocketType, object, bool]  # socket, address, TLS
-OnAcceptTls = Callable[..., None]  # on_accept(sock, addr, secure=...)
+
+
+class OnAcceptTls(Protocol):
+    """A connection accepted on a plain (`secure` False) or TLS listener."""
+
+    def __call__(self, sock: trio.socket.SocketType, addr: object, *, secure: bool) -> None: ...
 
 
 async def accept_loop(listener: trio.socket.SocketType, on_accept: OnAccept, name: str) -> None:

@@ -108,9 +108,9 @@ class ChannelClient:
 
     Guarantees: messages are written in the order sent; `run()` returns when the peer
     closes, and raises `ProtocolError` (after logging nothing itself) on bad input, on
-    a queue above `ChannelOptions.max_queued` bytes (`PeerNotReading`) and on unanswered PINGs
-    (`PeerUnresponsive`); the queue is dropped and the socket never written again once
-    `run()` ends.
+    a queue above `ChannelOptions.max_queued` bytes (`PeerNotReading`) and on
+    unanswered PINGs (`PeerUnresponsive`); the queue is dropped and the socket never
+    written again once `run()` ends.
 
     The writer is chosen when the client is built: on a plain socket without an ACK
     window, `send` writes at once in the caller when nothing is queued (the fast path,
@@ -193,8 +193,9 @@ class ChannelClient:
         sender.push((header, body) if size else (header,), len(header) + size)
 
     def send_large(self, mtype: int, body: Body) -> None:
-        """`send` without the `ChannelOptions.max_queued` bound, for a message whose size its maker
-        bounds (MIGRATE_DATA: a device's byte budget plus one message, above it)."""
+        """`send` without the `ChannelOptions.max_queued` bound, for a message whose
+        size its maker bounds (MIGRATE_DATA: a device's byte budget plus one message,
+        above it)."""
         header = self._header(mtype, len(body))
         self.sender.push((header, body) if body else (header,), len(header) + len(body))
 

@@ -106,7 +106,7 @@ class MainChannelClient(ChannelClient):
         self.migration_dst: MigrationDstInfo | None = None
         self._mig_waiting = False  # an answer to MIGRATE_BEGIN(_SEAMLESS) is awaited
         self._mig_outcome: MigrationOutcome | None = None
-        self._mig_seamless = True  # begin_migration's `seamless`
+        self._mig_seamless = False  # MIGRATE_BEGIN_SEAMLESS went (begin_migration)
         self._mig_answered = trio.Event()
         self._flush_marked = trio.Event()  # also set when run() ends
         self._ended = False  # run() ended
@@ -225,12 +225,12 @@ class MainChannelClient(ChannelClient):
         if self._ended:
             self._answered(MigrationOutcome.FAILED)
             return
-        self._mig_seamless = seamless
-        if (
+        self._mig_seamless = (
             seamless
             and has_cap(caps, MainCap.SEAMLESS_MIGRATE)
             and has_cap(caps, MainCap.AGENT_CONNECTED_TOKENS)
-        ):
+        )
+        if self._mig_seamless:
             body = MainMigrateBeginSeamless(dst, MIGRATION_PROTOCOL_VERSION).encode()
             self.send(MsgMain.MIGRATE_BEGIN_SEAMLESS, body)
         elif has_cap(caps, MainCap.SEMI_SEAMLESS_MIGRATE):
@@ -255,14 +255,9 @@ class MainChannelClient(ChannelClient):
             if success:
                 self.send(MsgMain.MIGRATE_CANCEL)
             return
-        offered = (
-            self._mig_seamless
-            and has_cap(self.client_caps, MainCap.SEAMLESS_MIGRATE)
-            and has_cap(self.client_caps, MainCap.AGENT_CONNECTED_TOKENS)
-        )
         if not success:
             outcome = MigrationOutcome.FAILED
-        elif seamless and offered:
+        elif seamless and self._mig_seamless:
             outcome = MigrationOutcome.SEAMLESS
         else:
             outcome = MigrationOutcome.SEMI_SEAMLESS

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import re
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from cryptography.x509 import NameAttribute
 
 
 def server_tls_context(cert: str, key: str | None = None, ca: str | None = None) -> ssl.SSLContext:
@@ -49,5 +54,5 @@ def subject_matches(der_cert: bytes, expected: str) -> bool:
     return sorted(_pairs(want)) == sorted(_pairs(have))
 
 
-def _pairs(name: Any) -> list[tuple[str, str]]:
+def _pairs(name: Iterable[NameAttribute[str | bytes]]) -> list[tuple[str, str]]:
     return [(attr.oid.dotted_string, str(attr.value)) for attr in name]
